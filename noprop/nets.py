@@ -1,0 +1,97 @@
+"""The paper's networks (v1 Fig. 6 = v2 Fig. 5), read from the rendered figure (spec section 3).
+
+Unpadded ("valid") 3x3 convolutions and floor max-pooling: that is what reproduces the paper's
+parameter counts (Table 5): one MNIST DT block with one-hot embeddings has 919,946 parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvPath(nn.Module):
+    """conv32 -> ReLU -> pool -> drop -> conv64 -> ReLU -> drop -> conv128 -> ReLU -> pool -> drop
+    -> flatten -> FC256 -> (BatchNorm | ReLU).
+
+    The DT block ends in BatchNorm with no ReLU after it; the CT/FM net has no BatchNorm and
+    ends in ReLU (``batchnorm=False``)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int = 256, dropout: float = 0.2,
+                 batchnorm: bool = True):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = tuple(image_shape)
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Dropout(dropout),
+            nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Flatten(),
+        )
+        # valid conv: -2; pool: floor(/2).  MNIST: 28->26->13->11->9->4 (flatten 2048);
+        # CIFAR: 32->30->15->13->11->5 (flatten 3200)
+        h = ((h - 2) // 2 - 4) // 2
+        w = ((w - 2) // 2 - 4) // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"images of shape {image_shape} are too small for the paper's conv path "
+                             "(at least 14x14 is needed)")
+        self.flat_features = 128 * h * w
+        self.fc = nn.Linear(self.flat_features, width)
+        self.out = nn.BatchNorm1d(width) if batchnorm else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(self.features(x)))
+
+
+class LabelPath(nn.Module):
+    """DT label path: h = ReLU(BN(FC(z))); g = BN(FC(ReLU(BN(FC(h))))); return h + g
+    (a skip connection, no activation after the add)."""
+
+    def __init__(self, dim: int, width: int = 256):
+        super().__init__()
+        self.inp = nn.Sequential(nn.Linear(dim, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.res = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(),
+                                 nn.Linear(width, width), nn.BatchNorm1d(width))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.inp(z)
+        return h + self.res(h)
+
+
+class DTBlock(nn.Module):
+    """One NoProp-DT block u_hat_theta_t(z_{t-1}, x): returns the m class logits. The caller
+    forms u_hat = softmax(logits) @ W_Embed (a convex combination of class embeddings).
+
+    With a prototype embedding (d = C*H*W) the noisy label is reshaped to image shape and
+    processed by a conv path of its own ("the noised label and the image are processed in the
+    same way"; separate weights, which is what matches the paper's 1.40M for MNIST)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], embed_dim: int, num_classes: int,
+                 prototype: bool = False, dropout: float = 0.2):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.prototype = prototype
+        self.image_path = ConvPath(image_shape, dropout=dropout)
+        if prototype:
+            c, h, w = image_shape
+            if embed_dim != c * h * w:
+                raise ValueError(f"a prototype block needs embed_dim = C*H*W = {c * h * w}, got {embed_dim}")
+            self.label_path = ConvPath(image_shape, dropout=dropout)
+        else:
+            self.label_path = LabelPath(embed_dim)
+        self.fuse = nn.Sequential(
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(),
+            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.prototype:
+            z = z.reshape(len(z), *self.image_shape)
+            if x.is_contiguous(memory_format=torch.channels_last):
+                z = z.contiguous(memory_format=torch.channels_last)
+        return self.fuse(torch.cat([self.image_path(x), self.label_path(z)], dim=1))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,110 @@
+"""Noise schedules, kept apart from the networks (as in diffusers' schedulers).
+
+Paper convention (the reverse of DDPM, spec section 0): time runs from noise to label.
+z_0 ~ N(0, I) is the noisiest latent, z_T the cleanest. The schedule holds T+1 factors
+alpha_0..alpha_T and
+
+    alpha_bar_t = prod_{s=t}^{T} alpha_s                    (so alpha_bar rises with t)
+    SNR(t)      = alpha_bar_t / (1 - alpha_bar_t)             (rises with t; finite at t = 0)
+
+Everything a DT block needs from the schedule lives here: the marginal q(z_t | y) (Eq. 5-6),
+the posterior coefficients a_t, b_t, c_t of q(z_t | z_{t-1}, y) (Eq. 7) and the loss weights
+SNR(t) - SNR(t-1) of Eq. 8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class CosineSchedule:
+    """The fixed cosine schedule of NoProp-DT.
+
+    The paper says only "a fixed cosine noise schedule". Our choice (documented in the README):
+
+        alpha_bar_t = eps + (1 - 2 eps) * cos^2( (pi / 2) * (1 - t / T) ),   t = 0..T
+
+    i.e. the cosine schedule of Nichol & Dhariwal with the time axis flipped to the paper's
+    convention, squeezed affinely into [eps, 1 - eps]. The squeeze keeps both ends honest:
+    alpha_bar_0 = eps > 0 (z_0 is almost pure noise, SNR(0) finite, the KL term is defined)
+    and alpha_bar_T = 1 - eps < 1 (z_T keeps a little noise, so SNR(T) and the last block's
+    loss weight stay finite). eps = 0.01 gives SNR(T) = 99 and SNR(0) = 0.0101.
+    """
+
+    def __init__(self, T: int, eps: float = 0.01):
+        if not isinstance(T, int) or T < 1:
+            raise ValueError(f"T (the number of blocks) must be an integer >= 1, got {T!r}")
+        if not 0.0 < eps < 0.5:
+            raise ValueError(f"schedule eps must lie in (0, 0.5), got {eps!r}")
+        self.T = T
+        self.eps = eps
+        t = torch.arange(T + 1, dtype=torch.float64)
+        self.alpha_bar = eps + (1 - 2 * eps) * torch.cos(math.pi / 2 * (1 - t / T)) ** 2
+        validate_alpha_bar(self.alpha_bar)
+
+    # --- derived quantities, all float64 vectors indexed by t ---------------------------------
+    @property
+    def alpha(self) -> torch.Tensor:
+        """alpha_t with alpha_bar_t = prod_{s>=t} alpha_s: alpha_T = alpha_bar_T and
+        alpha_t = alpha_bar_t / alpha_bar_{t+1} for t < T."""
+        ab = self.alpha_bar
+        return torch.cat([ab[:-1] / ab[1:], ab[-1:]])
+
+    @property
+    def snr(self) -> torch.Tensor:
+        return self.alpha_bar / (1 - self.alpha_bar)
+
+    @property
+    def snr_delta(self) -> torch.Tensor:
+        """SNR(t) - SNR(t-1) for t = 1..T, index 0 <-> t = 1. Positive for every t."""
+        return self.snr[1:] - self.snr[:-1]
+
+    def posterior_coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """a_t, b_t, c_t for t = 1..T (index 0 <-> t = 1), spec section 1.1 / Eq. 7:
+
+            q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I)
+            a_t = sqrt(ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
+            b_t = sqrt(alpha_{t-1}) (1 - ab_t) / (1 - ab_{t-1})
+            c_t = (1 - ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
+        """
+        ab, al = self.alpha_bar, self.alpha
+        ab_t, ab_prev, al_prev = ab[1:], ab[:-1], al[:-1]
+        a = ab_t.sqrt() * (1 - al_prev) / (1 - ab_prev)
+        b = al_prev.sqrt() * (1 - ab_t) / (1 - ab_prev)
+        c = (1 - ab_t) * (1 - al_prev) / (1 - ab_prev)
+        return a, b, c
+
+
+def validate_alpha_bar(alpha_bar: torch.Tensor) -> None:
+    """Refuse a schedule in the wrong convention (pitfall 1: a reversed schedule makes the
+    SNR weights negative and trains the last block on pure noise)."""
+    if alpha_bar.ndim != 1 or len(alpha_bar) < 2:
+        raise ValueError("alpha_bar must be a vector alpha_bar_0..alpha_bar_T with T >= 1")
+    if not ((alpha_bar > 0) & (alpha_bar < 1)).all():
+        raise ValueError("alpha_bar must lie strictly inside (0, 1) so every SNR is finite")
+    if not (alpha_bar[1:] > alpha_bar[:-1]).all():
+        raise ValueError(
+            "alpha_bar must rise with t (paper convention: z_0 is noise, z_T is the cleanest "
+            "latent); this schedule is reversed or flat, so some SNR(t) - SNR(t-1) <= 0")
+
+
+def q_sample(u_y: torch.Tensor, alpha_bar_t: torch.Tensor | float,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+    """z_t ~ q(z_t | y) = N(sqrt(alpha_bar_t) u_y, (1 - alpha_bar_t) I)   (marginal of Eq. 5-6).
+
+    alpha_bar_t is a float or a tensor broadcastable against u_y (one value per example)."""
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=u_y.dtype, device=u_y.device)
+    if noise is None:
+        noise = torch.randn_like(u_y)
+    return alpha_bar_t.sqrt() * u_y + (1 - alpha_bar_t).sqrt() * noise
+
+
+def kl_to_standard_normal(u_y: torch.Tensor, alpha_bar_0: float) -> torch.Tensor:
+    """KL( q(z_0|y) || N(0, I) ) per example, for q(z_0|y) = N(sqrt(ab_0) u_y, (1 - ab_0) I):
+
+        KL = 1/2 [ ab_0 ||u_y||^2 - d ab_0 - d ln(1 - ab_0) ]        (the KL term of Eq. 8)
+    """
+    d = u_y.shape[-1]
+    return 0.5 * (alpha_bar_0 * u_y.pow(2).sum(-1) - d * alpha_bar_0 - d * math.log(1 - alpha_bar_0))
