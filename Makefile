@@ -1,0 +1,32 @@
+# Two commands do all the setup on a fresh machine:
+#   make run    train NoProp-DT on MNIST (quick default) and print its test accuracy
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch 2.13.0 lies on this project's machines; pinning it here keeps pip from
+# pulling a multi-GB CUDA build. Override with `make TORCH=torch==X.Y.Z` elsewhere.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: run test bench install clean
+
+$(BIN)/noprop: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/noprop
+
+run: $(BIN)/noprop
+	$(BIN)/noprop train --epochs 1
+
+test: $(BIN)/noprop
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/noprop
+	$(BIN)/python bench/mnist_dt.py --epochs 14 --out bench/results/mnist_dt
+
+clean:
+	rm -rf $(VENV) runs bench/results *.egg-info

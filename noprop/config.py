@@ -1,0 +1,97 @@
+"""One typed structure holds a run's whole configuration; it is saved beside every run
+(config.json) so that the run can be repeated exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from .embedding import KINDS as EMBEDDINGS
+
+ORDERS = ("paper", "all", "random")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """An option has a value that cannot work; the message names the option."""
+
+
+@dataclass
+class Config:
+    dataset: str = "mnist"
+    method: str = "dt"
+    embedding: str = "one-hot"      # one-hot | learned | prototype
+    embed_dim: int | None = None    # learned: 20 by default; prototype: C*H*W (fixed)
+    head: str = "linear"            # linear (Eq. 14) | posterior (Eq. 15-16)
+    posterior_sigma: float = 1.0    # sigma of the posterior head: not given in the paper
+    T: int = 10
+    eta: float = 0.1
+    schedule_eps: float = 0.01      # cosine schedule squeezed into [eps, 1-eps]: see schedule.py
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    order: str = "paper"            # paper: block by block each epoch | all: every block each batch
+                                    # | random: one random block each batch
+    seed: int = 0
+    val_size: int = 5000
+    train_subset: int | None = None  # train on a seeded subset of this many images (quick runs)
+    val_subset: int | None = None
+    precision: str = "fp32"         # fp32 | bf16 (autocast; CPUs with native bf16, or CUDA)
+    channels_last: bool = True      # same maths, faster convolutions on CPU
+    eval_batch_size: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "Config":
+        from .data import DATASETS
+        from .dt import HEADS
+
+        def need(cond: bool, option: str, msg: str):
+            if not cond:
+                raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
+
+        need(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r}; choose one of "
+             f"{', '.join(DATASETS)}")
+        need(self.method == "dt", "method", f"unknown method {self.method!r}; choose dt")
+        need(self.embedding in EMBEDDINGS, "embedding", f"unknown embedding {self.embedding!r}; "
+             f"choose one of {', '.join(EMBEDDINGS)}")
+        need(self.head in HEADS, "head", f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        need(self.order in ORDERS, "order", f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        need(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose "
+             f"one of {', '.join(PRECISIONS)}")
+        need(isinstance(self.T, int) and self.T >= 1, "T", f"must be an integer >= 1, got {self.T}")
+        need(self.eta > 0, "eta", f"must be > 0, got {self.eta}")
+        need(0 < self.schedule_eps < 0.5, "schedule_eps", f"must be in (0, 0.5), got {self.schedule_eps}")
+        need(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        need(self.batch_size >= 2, "batch_size", f"must be >= 2 (BatchNorm needs two examples), got "
+             f"{self.batch_size}")
+        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
+        need(self.posterior_sigma > 0, "posterior_sigma", f"must be > 0, got {self.posterior_sigma}")
+        need(self.embed_dim is None or self.embed_dim >= 1, "embed_dim", f"must be >= 1, got {self.embed_dim}")
+        need(self.train_subset is None or self.train_subset >= 1, "train_subset",
+             f"must be >= 1, got {self.train_subset}")
+        need(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        return self
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def differences(self, other: "Config", ignore=("epochs",)) -> list[str]:
+        """Fields that differ (a resumed run may only extend the number of epochs)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ignore and a[k] != b[k]]

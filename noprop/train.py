@@ -1,0 +1,248 @@
+"""The training loop, checkpoints and logs.
+
+Optimisers: each block owns an AdamW over its own parameters; the output head and a learned
+W_Embed share one more ("each block has its own optimizer; only the head and a learned embedding
+are shared"). Three training orders:
+
+- ``paper``  (Alg. 1): each epoch trains block 1 over the whole training set, then block 2, ...
+- ``all``:    every block on every minibatch, one pass over the data per epoch. The blocks' L2
+              terms (each with its Eq. 61 weight) are summed with one CE + KL; since no gradient
+              crosses blocks, each block gets exactly the gradient it would get from L_t alone.
+- ``random``: one block drawn uniformly per minibatch (the unbiased estimator of Eq. 58).
+
+Every epoch starts from RNG state derived from (seed, epoch), so a run resumed from a checkpoint
+draws the same data order and noise as an uninterrupted one.
+
+A run folder holds config.json, metrics.jsonl (one line per epoch), last.safetensors (after every
+epoch), best.safetensors (best validation accuracy) and, once finished, result.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config, ConfigError
+from .data import Dataset, batches, load_dataset, subset
+from .dt import NoPropDT
+from .embedding import ClassEmbedding, prototype_init
+from .evaluate import accuracy_runs
+from .schedule import CosineSchedule
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or inf. The last good checkpoint is kept."""
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used as asked."""
+
+
+LAST, BEST, CONFIG, METRICS, RESULT = ("last.safetensors", "best.safetensors", "config.json",
+                                       "metrics.jsonl", "result.json")
+
+
+# --------------------------------------------------------------------------------------------
+def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
+    data = load_dataset(cfg.dataset, data_dir=data_dir, allow_download=allow_download,
+                        val_size=cfg.val_size, split_seed=cfg.seed)
+    data.train = subset(data.train, cfg.train_subset, cfg.seed)
+    data.val = subset(data.val, cfg.val_subset, cfg.seed)
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(data.train)} "
+                          "training images; lower it or use more data")
+    return data
+
+
+def build_model(cfg: Config, image_shape, num_classes: int, train_split=None) -> NoPropDT:
+    c, h, w = image_shape
+    if cfg.embedding == "prototype":
+        init = None
+        if train_split is not None:
+            init = prototype_init(train_split.x, train_split.y, num_classes)
+        embed = ClassEmbedding("prototype", num_classes, c * h * w, init=init)
+    else:
+        embed = ClassEmbedding(cfg.embedding, num_classes, cfg.embed_dim)
+    model = NoPropDT(image_shape, embed, T=cfg.T, eta=cfg.eta, head=cfg.head,
+                     posterior_sigma=cfg.posterior_sigma, schedule=CosineSchedule(cfg.T, cfg.schedule_eps))
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizers(model: NoPropDT, cfg: Config):
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    block_opts = [adamw(b.parameters()) for b in model.blocks]
+    shared = list(model.head.parameters()) + ([model.embed.weight] if model.embed.trainable else [])
+    return block_opts, adamw(shared)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2 ** 63)
+
+
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: Config, data: Dataset, out_dir: str | os.PathLike, quiet: bool = False):
+        self.cfg, self.data, self.out = cfg.validate(), data, Path(out_dir)
+        self.quiet = quiet
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, data.image_shape, data.num_classes, data.train)
+        self.block_opts, self.shared_opt = make_optimizers(self.model, cfg)
+        self.epoch = 0          # epochs completed
+        self.best_val = -1.0
+        self.history: list[dict] = []
+        self.autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    # --- run folder ------------------------------------------------------------------------------
+    def prepare_dir(self, resume: bool) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a writable folder") from e
+        last = self.out / LAST
+        if resume:
+            if last.exists():
+                self.load_state(checkpoint.load(last))
+            elif not self.quiet:
+                print(f"--resume: no checkpoint in {self.out} yet; starting from scratch", file=sys.stderr)
+        elif last.exists() or (self.out / RESULT).exists():
+            raise RunDirError(f"--out {self.out} already holds a run; pass --resume to continue it or "
+                              "choose another folder (nothing was overwritten)")
+        checkpoint.atomic_write_text(self.out / CONFIG, self.cfg.to_json())
+
+    def state(self) -> dict:
+        return {"config": self.cfg.to_dict(), "image_shape": list(self.data.image_shape),
+                "num_classes": self.data.num_classes, "epoch": self.epoch, "best_val": self.best_val,
+                "history": self.history, "model": self.model.state_dict(),
+                "block_opts": [o.state_dict() for o in self.block_opts],
+                "shared_opt": self.shared_opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        saved = Config.from_dict(state["config"])
+        diff = saved.differences(self.cfg)
+        if diff:
+            raise RunDirError(f"the checkpoint in {self.out} was trained with different settings "
+                              f"({', '.join(diff)}); resume with the same options or use another --out")
+        self.model.load_state_dict(state["model"])
+        for o, s in zip(self.block_opts, state["block_opts"]):
+            o.load_state_dict(s)
+        self.shared_opt.load_state_dict(state["shared_opt"])
+        self.epoch, self.best_val, self.history = state["epoch"], state["best_val"], state["history"]
+
+    def save(self, best: bool) -> None:
+        state = self.state()
+        checkpoint.save(self.out / LAST, state)
+        if best:
+            checkpoint.save(self.out / BEST, state)
+        lines = "".join(json.dumps(h) + "\n" for h in self.history)
+        checkpoint.atomic_write_text(self.out / METRICS, lines)
+
+    # --- one optimisation step ----------------------------------------------------------------
+    def _step(self, loss: torch.Tensor, opts, where: str) -> None:
+        if not torch.isfinite(loss):
+            raise DivergenceError(f"non-finite loss ({loss.item()}) at {where}; the last good "
+                                  f"checkpoint in {self.out} is kept. Try a lower --lr.")
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+
+    def _x(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def train_epoch(self) -> dict:
+        cfg, model, T = self.cfg, self.model, self.cfg.T
+        e = self.epoch + 1
+        torch.manual_seed(epoch_seed(cfg.seed, e))
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, e))
+        model.train()
+        l2_sum, l2_n = torch.zeros(T), torch.zeros(T)
+        ce_sum, ce_n = 0.0, 0
+        n_batches = len(self.data.train) // cfg.batch_size
+        passes = range(1, T + 1) if cfg.order == "paper" else [None]
+        bar = tqdm(total=n_batches * len(passes), desc=f"epoch {e}", leave=False, disable=self.quiet or None)
+        for t_pass in passes:
+            for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
+                x = self._x(x)
+                with torch.autocast(**self.autocast):
+                    if cfg.order == "all":
+                        ce, kl = model.shared_loss(y)
+                        l2 = torch.stack([model.denoise_loss(t, x, y) for t in range(1, T + 1)])
+                        loss = ce + kl + (model.l2_weight * l2).sum()
+                        ts, where = list(range(1, T + 1)), f"epoch {e}, step {step} (all blocks)"
+                    else:
+                        t = t_pass if t_pass is not None else int(torch.randint(1, T + 1, (1,), generator=gen))
+                        parts = model.block_loss(t, x, y)
+                        loss, ce, l2 = parts["loss"], parts["ce"], parts["l2"][None]
+                        ts, where = [t], f"epoch {e}, block {t}, step {step}"
+                opts = [self.block_opts[t - 1] for t in ts] + [self.shared_opt]
+                self._step(loss, opts, where)
+                idx = torch.tensor(ts) - 1
+                l2_sum[idx] += l2.detach().float()
+                l2_n[idx] += 1
+                ce_sum += ce.item()
+                ce_n += 1
+                bar.update()
+        bar.close()
+        return {"l2_per_block": (l2_sum / l2_n.clamp(min=1)).tolist(), "ce": ce_sum / max(ce_n, 1)}
+
+    def validate(self) -> float:
+        acc = accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed,
+                            batch_size=self.cfg.eval_batch_size, channels_last=self.cfg.channels_last,
+                            autocast_dtype=torch.bfloat16 if self.cfg.precision == "bf16" else None)
+        return acc[0]
+
+    def fit(self, resume: bool = False, log=print) -> dict:
+        self.prepare_dir(resume)
+        while self.epoch < self.cfg.epochs:
+            t0 = time.perf_counter()
+            stats = self.train_epoch()
+            train_s = time.perf_counter() - t0
+            val = self.validate() if len(self.data.val) else float("nan")
+            self.epoch += 1
+            best = val > self.best_val
+            if best:
+                self.best_val = val
+            self.history.append({"epoch": self.epoch, **stats, "val_acc": val, "train_seconds": train_s,
+                                 "seconds": time.perf_counter() - t0})
+            self.save(best)
+            if log:
+                log(f"epoch {self.epoch}/{self.cfg.epochs}: ce {stats['ce']:.4f}  val acc {val:.2f}%  "
+                    f"({train_s:.0f}s train)")
+        return {"epochs": self.epoch, "best_val": self.best_val}
+
+
+def load_model(path: str | os.PathLike) -> tuple[NoPropDT, Config, dict]:
+    """A trained model from a checkpoint file (no data needed: the prototype rows come from the
+    checkpoint's weights)."""
+    state = checkpoint.load(path)
+    cfg = Config.from_dict(state["config"])
+    model = build_model(cfg, state["image_shape"], state["num_classes"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, state
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

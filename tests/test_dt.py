@@ -1,0 +1,153 @@
+"""NoProp-DT: the loss of Eq. 8/61 term by term, gradient isolation between blocks, and the
+inference rule of Eq. 3 (which never sees a label)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from noprop.data import Split
+from noprop.dt import NoPropDT
+from noprop.embedding import ClassEmbedding
+from noprop.evaluate import predict
+from noprop.schedule import CosineSchedule
+
+SHAPE = (1, 16, 16)
+
+
+def small_model(kind="one-hot", T=4, head="linear", seed=0):
+    torch.manual_seed(seed)
+    dim = 256 if kind == "prototype" else None
+    return NoPropDT(SHAPE, ClassEmbedding(kind, 10, dim), T=T, eta=0.1, head=head)
+
+
+def batch(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_loss_weights_are_T_half_eta_snr_delta():
+    m = small_model(T=4)
+    s = CosineSchedule(4)
+    torch.testing.assert_close(m.l2_weight, (4 / 2 * 0.1 * (s.snr[1:] - s.snr[:-1])).float())
+    assert (m.l2_weight > 0).all()
+
+
+def test_reversed_schedule_refused_by_the_model():
+    class Reversed(CosineSchedule):
+        def __init__(self, T):
+            super().__init__(T)
+            self.alpha_bar = self.alpha_bar.flip(0)
+    with pytest.raises(ValueError, match="reversed"):
+        NoPropDT(SHAPE, ClassEmbedding("one-hot", 10), T=4, schedule=Reversed(4))
+
+
+def test_block_loss_is_the_sum_of_its_three_terms():
+    m = small_model().train()
+    x, y = batch()
+    torch.manual_seed(5)
+    parts = m.block_loss(2, x, y)
+    torch.manual_seed(5)  # the same noise draws, recomputed by hand
+    u = m.embed(y)
+    z_T = m.alpha_bar[-1].sqrt() * u + (1 - m.alpha_bar[-1]).sqrt() * torch.randn_like(u)
+    ce = F.cross_entropy(m.head(z_T), y)
+    ab0 = m.alpha_bar[0].item()
+    kl = 0.5 * (ab0 * u.pow(2).sum(-1) - 10 * ab0 - 10 * math.log(1 - ab0)).mean()
+    z1 = m.alpha_bar[1].sqrt() * u + (1 - m.alpha_bar[1]).sqrt() * torch.randn_like(u)
+    u_hat = m.blocks[1](z1, x).softmax(-1) @ m.embed.weight
+    l2 = (u_hat - u).pow(2).sum(-1).mean()
+    torch.testing.assert_close(parts["ce"], ce)
+    torch.testing.assert_close(parts["kl"], kl)
+    torch.testing.assert_close(parts["l2"], l2)
+    torch.testing.assert_close(parts["loss"], ce + kl + m.l2_weight[1] * l2)
+
+
+def grads(model):
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["one-hot", "learned", "prototype"])
+def test_no_gradient_crosses_blocks(kind):
+    m = small_model(kind).train()
+    x, y = batch()
+    m.block_loss(3, x, y)["loss"].backward()
+    g = grads(m)
+    for n, v in g.items():
+        if n.startswith("blocks."):
+            own = n.startswith("blocks.2.")
+            assert (v is not None and v.abs().sum() > 0) == own, n
+    assert g["head.weight"].abs().sum() > 0
+    if kind != "one-hot":
+        assert g["embed.weight"].abs().sum() > 0
+
+
+def test_cross_entropy_trains_only_head_and_embedding():
+    m = small_model("learned").train()
+    _, y = batch()
+    ce, kl = m.shared_loss(y)
+    (ce + kl).backward()
+    for n, p in m.named_parameters():
+        if n.startswith("blocks."):
+            assert p.grad is None, n
+    assert m.head.weight.grad.abs().sum() > 0 and m.embed.weight.grad.abs().sum() > 0
+
+
+def test_all_blocks_sum_gives_each_block_its_own_gradient():
+    """The 'all' order sums the blocks' weighted L2 terms; each block must receive exactly the
+    gradient of its own term (eval mode: no dropout, so the two computations are comparable)."""
+    m = small_model().eval()
+    x, y = batch()
+    torch.manual_seed(3)
+    sum(m.l2_weight[t - 1] * m.denoise_loss(t, x, y) for t in range(1, 5)).backward()
+    together = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    torch.manual_seed(3)
+    for t in range(1, 5):
+        m.zero_grad()
+        (m.l2_weight[t - 1] * m.denoise_loss(t, x, y)).backward()
+        for n, p in m.named_parameters():
+            if n.startswith(f"blocks.{t - 1}."):
+                torch.testing.assert_close(p.grad, together[n])
+
+
+def test_chain_follows_equation_3():
+    m = small_model().eval()
+    x, _ = batch()
+    steps = list(m.chain(x, noise=True, generator=torch.Generator().manual_seed(7)))
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(len(x), 10, generator=g)
+    with torch.no_grad():
+        for t in range(1, 5):
+            u_hat = m.blocks[t - 1](z, x).softmax(-1) @ m.embed.weight
+            eps = torch.randn(z.shape, generator=g)
+            z = m.coef_a[t - 1] * u_hat + m.coef_b[t - 1] * z + m.coef_c[t - 1].sqrt() * eps
+            torch.testing.assert_close(steps[t - 1][1], z)
+    # the noise-free option drops only the sqrt(c_t) eps term
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(len(x), 10, generator=g)
+    with torch.no_grad():
+        for t in range(1, 5):
+            z = m.coef_a[t - 1] * (m.blocks[t - 1](z, x).softmax(-1) @ m.embed.weight) + m.coef_b[t - 1] * z
+    last = list(m.chain(x, noise=False, generator=torch.Generator().manual_seed(7)))[-1][1]
+    torch.testing.assert_close(last, z)
+
+
+def test_inference_never_sees_labels():
+    """Pitfall 3: shuffling the labels of an evaluation set must not change one prediction."""
+    m = small_model()
+    x, y = batch(40)
+    split = Split(x, y)
+    shuffled = Split(x, y[torch.randperm(40)])
+    kw = dict(seed=3, batch_size=16, channels_last=False)
+    assert torch.equal(predict(m, split, **kw), predict(m, shuffled, **kw))
+    # and the prediction does depend on the noise seed only through z_0 / eps, not on y
+    assert predict(m, split, **kw).shape == (40,)
+
+
+def test_posterior_head():
+    m = small_model("learned", head="posterior")
+    z = torch.randn(5, m.embed.dim)
+    logits = m.classify(z)
+    y_tilde = m.head(z).softmax(-1) @ m.embed.weight
+    expect = -((y_tilde[:, None, :] - m.embed.weight[None]) ** 2).sum(-1) / 2
+    torch.testing.assert_close(logits, expect, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,112 @@
+"""One real training on a small MNIST subset, then what a user does with it: evaluate, diagnose,
+and the command-line tool end to end (real processes, real files)."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from noprop.config import Config
+from noprop.data import Split, load_mnist, subset
+from noprop.evaluate import accuracy_runs, block_diagnostics, predict
+from noprop.train import LAST, Trainer
+
+CFG = dict(T=10, epochs=2, batch_size=64, order="paper", train_subset=3000, val_subset=500)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    full = load_mnist(val_size=5000, split_seed=0)
+    data = copy.copy(full)
+    data.train, data.val = subset(full.train, 3000), subset(full.val, 500)
+    data.test = subset(full.test, 2000)
+    out = tmp_path_factory.mktemp("run")
+    tr = Trainer(Config(**CFG), data, out, quiet=True)
+    tr.fit(log=None)
+    return tr, data, out
+
+
+def test_training_beats_chance_by_far(trained):
+    tr, data, _ = trained
+    accs = accuracy_runs(tr.model, data.test, runs=2)
+    assert min(accs) > 85.0, accs
+    assert tr.history[-1]["val_acc"] > 85.0
+
+
+def test_every_block_and_the_chain_work(trained):
+    """Pitfall 1 and 6 in behaviour: every block alone beats chance at its own noise level (a
+    reversed schedule leaves all but one block at chance) and the chain from z_0 classifies."""
+    tr, data, _ = trained
+    d = block_diagnostics(tr.model, subset(data.test, 500))
+    assert min(d["block"]) > 80.0, d["block"]
+    assert d["chain"][-1] > 85.0 and d["head"][-1] > 85.0, d
+    # blocks later in the chain see cleaner labels, so the last is at least as good as the first
+    assert d["block"][-1] >= d["block"][0]
+
+
+def test_trained_predictions_ignore_labels(trained):
+    tr, data, _ = trained
+    s = subset(data.test, 300)
+    shuffled = Split(s.x, s.y[torch.randperm(len(s))])
+    assert torch.equal(predict(tr.model, s, seed=1), predict(tr.model, shuffled, seed=1))
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "noprop.cli", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def test_cli_evaluate_and_diagnose(trained):
+    _, _, out = trained
+    # --split val: the run's 500 held-out images (the test split is 10,000 and slow on 2 cores)
+    r = run_cli("evaluate", str(out / LAST), "--runs", "2", "--json", "--split", "val")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert len(res["runs"]) == 2 and res["mean"] > 85.0
+    r = run_cli("evaluate", str(out / LAST), "--runs", "1", "--no-noise", "--split", "val")
+    assert r.returncode == 0 and "noise-free" in r.stdout
+    r = run_cli("diagnose", str(out / LAST), "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["block"]) == 10
+
+
+def test_cli_train_resume_and_result(tmp_path):
+    args = ["train", "--epochs", "1", "-T", "2", "--train-subset", "256", "--val-subset", "64",
+            "--batch-size", "32", "--eval-runs", "1", "--out", str(tmp_path / "r"), "--quiet"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["epochs"] == 1
+    r = run_cli(*args)  # the same folder again, without --resume: refused, nothing touched
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    args[2] = "2"
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "-T", "0"], "--T"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--order", "sideways"], "--order"),
+    (["train", "--embedding", "sparse"], "--embedding"),
+    (["train", "--batch-size", "500", "--train-subset", "100"], "--batch-size"),
+    (["evaluate", "/nonexistent/ckpt.safetensors"], "cannot read checkpoint"),
+])
+def test_cli_bad_input(args, needle, tmp_path):
+    r = run_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "train" else run_cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_corrupt_data_is_named(tmp_path, mnist_copy):
+    p = mnist_copy / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:5000])
+    r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,163 @@
+"""Checkpoints (safe, atomic, round-trip), resume, the divergence guard and the run folder."""
+
+import copy
+import os
+import pickle
+
+import pytest
+import torch
+
+from noprop import checkpoint
+from noprop.checkpoint import CheckpointError
+from noprop.config import Config, ConfigError
+from noprop.data import load_mnist, subset
+from noprop.train import (BEST, LAST, METRICS, DivergenceError, RunDirError, Trainer, load_model)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return load_mnist(val_size=5000, split_seed=0)
+
+
+def tiny(mnist, n=256, nval=64):
+    d = copy.copy(mnist)
+    d.train, d.val = subset(mnist.train, n), subset(mnist.val, nval)
+    return d
+
+
+def tiny_cfg(**kw):
+    base = dict(T=2, epochs=1, batch_size=32, order="all", train_subset=256, val_subset=64)
+    base.update(kw)
+    return Config(**base)
+
+
+def test_pack_round_trip(tmp_path):
+    state = {"a": torch.arange(3), "n": {0: {"step": torch.tensor(2.0), "m": torch.ones(2)}},
+             "lst": [1, 2.5, "x", None, True], "s": "text"}
+    checkpoint.save(tmp_path / "c.safetensors", state)
+    back = checkpoint.load(tmp_path / "c.safetensors")
+    assert torch.equal(back["a"], state["a"]) and back["lst"] == state["lst"] and back["s"] == "text"
+    assert list(back["n"]) == [0] and torch.equal(back["n"][0]["m"], torch.ones(2))
+
+
+def test_loading_a_pickle_never_executes_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="not a noprop checkpoint"):
+        checkpoint.load(evil)
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "f.safetensors"
+    checkpoint.save(p, {"v": torch.tensor([1.0])})
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        checkpoint.save(p, {"v": torch.tensor([2.0])})
+    monkeypatch.undo()
+    assert checkpoint.load(p)["v"].item() == 1.0
+    assert [f.name for f in tmp_path.iterdir()] == ["f.safetensors"]  # no temporary left
+
+
+def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path, mnist):
+    data = tiny(mnist)
+    straight = Trainer(tiny_cfg(epochs=2), data, tmp_path / "a", quiet=True)
+    straight.fit(log=None)
+    half = Trainer(tiny_cfg(epochs=1), data, tmp_path / "b", quiet=True)
+    half.fit(log=None)
+    resumed = Trainer(tiny_cfg(epochs=2), data, tmp_path / "b", quiet=True)
+    resumed.fit(resume=True, log=None)
+    assert resumed.epoch == 2
+    for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    # the checkpoint reloads into an identical model, and the log holds one line per epoch
+    model, cfg, state = load_model(tmp_path / "b" / LAST)
+    for (n, p), (_, q) in zip(model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert state["epoch"] == 2 and cfg.epochs == 2
+    assert len((tmp_path / "b" / METRICS).read_text().splitlines()) == 2
+    assert (tmp_path / "b" / BEST).exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path, mnist):
+    data = tiny(mnist)
+    Trainer(tiny_cfg(), data, tmp_path / "r", quiet=True).fit(log=None)
+    before = (tmp_path / "r" / LAST).read_bytes()
+    with pytest.raises(RunDirError, match="already holds a run"):
+        Trainer(tiny_cfg(), data, tmp_path / "r", quiet=True).fit(log=None)
+    with pytest.raises(RunDirError, match="different settings.*lr"):
+        Trainer(tiny_cfg(lr=0.1, epochs=2), data, tmp_path / "r", quiet=True).fit(resume=True, log=None)
+    assert (tmp_path / "r" / LAST).read_bytes() == before
+
+
+def test_nan_loss_stops_with_block_and_step_and_keeps_checkpoint(tmp_path, mnist, monkeypatch):
+    data = tiny(mnist)
+    tr = Trainer(tiny_cfg(order="paper", epochs=2), data, tmp_path / "r", quiet=True)
+    tr.cfg.epochs = 1
+    tr.fit(log=None)
+    before = (tmp_path / "r" / LAST).read_bytes()
+    tr.cfg.epochs = 2
+    real = tr.model.denoise_loss
+
+    def poisoned(t, x, y):
+        out = real(t, x, y)
+        return out * float("nan") if t == 2 else out
+    monkeypatch.setattr(tr.model, "denoise_loss", poisoned)
+    with pytest.raises(DivergenceError, match="block 2, step 0"):
+        tr.fit(resume=True, log=None)
+    assert (tmp_path / "r" / LAST).read_bytes() == before
+
+
+def test_unwritable_output_folder_is_named(tmp_path, mnist):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            # root ignores permission bits: use a path under a regular file instead
+            target = tmp_path / "file"
+            target.write_text("")
+            target = target / "run"
+        else:
+            target = ro / "run"
+        with pytest.raises(RunDirError, match="cannot write"):
+            Trainer(tiny_cfg(), tiny(mnist), target, quiet=True).fit(log=None)
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("field,value,option", [
+    ("T", 0, "--T"), ("lr", -1.0, "--lr"), ("order", "sideways", "--order"),
+    ("embedding", "sparse", "--embedding"), ("batch_size", 1, "--batch-size"), ("eta", 0, "--eta"),
+])
+def test_bad_config_names_the_option(field, value, option):
+    with pytest.raises(ConfigError, match=option):
+        Config(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("embedding,head,order", [
+    ("learned", "posterior", "random"), ("prototype", "linear", "paper"), ("one-hot", "linear", "random"),
+])
+def test_every_embedding_head_and_order_trains_and_reloads(tmp_path, mnist, embedding, head, order):
+    from noprop.evaluate import predict
+    cfg = tiny_cfg(embedding=embedding, head=head, order=order)
+    tr = Trainer(cfg, tiny(mnist), tmp_path / "r", quiet=True)
+    tr.fit(log=None)
+    assert all(torch.isfinite(torch.tensor(v)) for v in tr.history[-1]["l2_per_block"])
+    if embedding == "prototype":  # rows start as training images of their class, then move
+        assert tr.model.embed.weight.shape == (10, 784)
+    model, _, _ = load_model(tmp_path / "r" / LAST)
+    val = tiny(mnist).val
+    assert torch.equal(predict(model, val, seed=2), predict(tr.model, val, seed=2))
