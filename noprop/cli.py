@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -12,14 +13,15 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .config import ORDERS, PRECISIONS, Config, ConfigError
+from .config import METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
 from .dt import HEADS
 from .embedding import KINDS
+from .presets import PresetError, get_preset, list_presets
 from .evaluate import accuracy_runs, block_diagnostics, mean_se
 from .train import RESULT, DivergenceError, RunDirError, Trainer, load_data, load_model, threads
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
+USER_ERRORS = (PresetError, ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -36,32 +38,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train a model; prints its test accuracy at the end",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
-    tr.add_argument("--embedding", default=d.embedding, choices=KINDS)
-    tr.add_argument("--embed-dim", type=int, default=d.embed_dim, help="dimension of a learned embedding (20)")
-    tr.add_argument("--head", default=d.head, choices=HEADS)
-    tr.add_argument("--posterior-sigma", type=float, default=d.posterior_sigma)
-    tr.add_argument("--epochs", type=int, default=d.epochs)
-    tr.add_argument("--batch-size", type=int, default=d.batch_size)
-    tr.add_argument("--lr", type=float, default=d.lr)
-    tr.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    tr.add_argument("-T", "--T", dest="T", type=int, default=d.T, help="number of blocks")
-    tr.add_argument("--eta", type=float, default=d.eta)
-    tr.add_argument("--schedule-eps", type=float, default=d.schedule_eps)
-    tr.add_argument("--order", default=d.order, choices=ORDERS,
-                    help="paper: block by block each epoch; all: every block on each batch; "
-                    "random: one random block per batch")
-    tr.add_argument("--seed", type=int, default=d.seed)
-    tr.add_argument("--val-size", type=int, default=d.val_size, help="images held out of the training set")
-    tr.add_argument("--train-subset", type=int, default=d.train_subset,
-                    help="train on a seeded subset of this many images")
-    tr.add_argument("--val-subset", type=int, default=d.val_subset,
-                    help="validate on a seeded subset of this many held-out images (faster epochs)")
-    tr.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    tr.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+                        description="Train a model. Options left out come from --preset when given, "
+                        "else from the defaults shown (the paper's values for NoProp-DT on MNIST).")
+    S = argparse.SUPPRESS  # unset options stay unset, so a preset's values survive
+
+    def opt(*flags, field_name=None, help="", **kw):
+        name = field_name or flags[-1].lstrip("-").replace("-", "_")
+        default = getattr(d, name)
+        tr.add_argument(*flags, dest=name, default=S, help=f"{help} (default: {default})".strip(), **kw)
+
+    tr.add_argument("--preset", default=None, help="a row of the paper's Table 3, e.g. mnist-dt "
+                    "(`noprop presets` lists them); other options override its fields")
+    opt("--dataset", choices=sorted(DATASETS))
+    opt("--method", choices=METHODS)
+    opt("--embedding", choices=KINDS)
+    opt("--embed-dim", type=int, help="dimension of a learned embedding; None means 20")
+    opt("--head", choices=HEADS, help="DT output head")
+    opt("--posterior-sigma", type=float)
+    opt("--epochs", type=int)
+    opt("--batch-size", type=int)
+    opt("--optimizer", choices=OPTIMIZERS, help="None means Table 3's choice for the method")
+    opt("--lr", type=float)
+    opt("--weight-decay", type=float)
+    opt("-T", "--T", type=int, help="number of blocks (DT, backprop)")
+    opt("--eta", type=float, help="None means the paper's: DT 0.1, CT 1")
+    opt("--schedule-eps", type=float, help="DT cosine schedule squeeze")
+    opt("--steps", type=int, help="inference steps of CT / FM / adjoint")
+    opt("--solver", help="CT: stochastic | euler | heun; FM: euler | heun; None means the first")
+    opt("--fm-sigma", type=float, help="noise of the FM path")
+    opt("--order", choices=ORDERS, help="DT: paper = block by block each epoch; all = every block "
+        "on each batch; random = one random block per batch")
+    opt("--seed", type=int)
+    opt("--val-size", type=int, help="images held out of the training set for validation")
+    opt("--train-subset", type=int, help="train on a seeded subset of this many images")
+    opt("--val-subset", type=int, help="validate on a seeded subset of the held-out images")
+    opt("--precision", choices=PRECISIONS)
+    tr.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
+                    help="keep the default NCHW memory layout")
     tr.add_argument("--eval-runs", type=int, default=5, help="inference runs for the final test accuracy")
-    tr.add_argument("--out", help="run folder (default: runs/<dataset>-dt-<embedding>-<time>)")
+    tr.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<embedding>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_args(tr)
@@ -73,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("test", "val"))
     ev.add_argument("--no-noise", dest="noise", action="store_false",
                     help="deterministic inference: drop the sqrt(c_t) eps term of Eq. 3")
+    ev.add_argument("--steps", type=int, help="inference steps for CT / FM / adjoint (default: the run's)")
+    ev.add_argument("--solver", help="CT: stochastic | euler | heun; FM: euler | heun (default: the run's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     _data_args(ev)
+
+    sub.add_parser("presets", help="list the paper's configurations (Table 3) as named presets")
 
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
@@ -86,12 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(a: argparse.Namespace) -> Config:
-    return Config(dataset=a.dataset, embedding=a.embedding, embed_dim=a.embed_dim, head=a.head,
-                  posterior_sigma=a.posterior_sigma, T=a.T, eta=a.eta, schedule_eps=a.schedule_eps,
-                  epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                  order=a.order, seed=a.seed, val_size=a.val_size, train_subset=a.train_subset,
-                  val_subset=a.val_subset,
-                  precision=a.precision, channels_last=a.channels_last).validate()
+    """Defaults, then the preset's fields, then every option given on the command line."""
+    fields = get_preset(a.preset) if a.preset else {}
+    names = {f.name for f in dataclasses.fields(Config)}
+    fields.update({k: v for k, v in vars(a).items() if k in names})
+    return Config(**fields).validate()
 
 
 def _fmt(mean: float, se: float) -> str:
@@ -104,7 +122,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ConfigError("--eval-runs: must be >= 1")
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
-    out = Path(a.out or f"runs/{cfg.dataset}-dt-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     data = load_data(cfg, a.data_dir, a.download)
     print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
@@ -133,8 +151,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.runs < 1:
         raise ConfigError("--runs: must be >= 1")
     model, cfg, split = _load_for_eval(a)
+    overrides = {k: v for k, v in (("steps", a.steps), ("solver", a.solver)) if v is not None}
+    if overrides:
+        if cfg.method not in ("ct", "fm", "adjoint"):
+            raise ConfigError(f"--steps/--solver: apply to ct, fm and adjoint, not {cfg.method}")
+        Config(**{**cfg.to_dict(), **overrides}).validate()  # names a bad value before any work
     accs = accuracy_runs(model, split, runs=a.runs, noise=a.noise, seed=a.seed,
-                         batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last)
+                         batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last, **overrides)
     m, se = mean_se(accs)
     if a.json:
         print(json.dumps({"split": a.split, "runs": accs, "mean": m, "se": se, "noise": a.noise}))
@@ -144,8 +167,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(a: argparse.Namespace) -> int:
+    print(list_presets())
+    return 0
+
+
 def cmd_diagnose(a: argparse.Namespace) -> int:
     model, cfg, split = _load_for_eval(a)
+    if cfg.method != "dt":
+        raise ConfigError(f"diagnose: per-block diagnostics are for NoProp-DT; this checkpoint is {cfg.method}")
     diag = block_diagnostics(model, split, seed=a.seed, batch_size=cfg.eval_batch_size,
                              channels_last=cfg.channels_last)
     if a.json:
@@ -163,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         with threads(getattr(a, "threads", None)):
-            return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose}[a.command](a)
+            return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
+                    "presets": cmd_presets}[a.command](a)
     except USER_ERRORS as e:
         print(f"noprop: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from .embedding import KINDS as EMBEDDINGS
 
+METHODS = ("dt", "ct", "fm", "backprop", "adjoint")
+OPTIMIZERS = ("adamw", "adam")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("fp32", "bf16")
 
@@ -20,15 +22,20 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     dataset: str = "mnist"
-    method: str = "dt"
+    method: str = "dt"              # dt | ct | fm | backprop | adjoint
     embedding: str = "one-hot"      # one-hot | learned | prototype
     embed_dim: int | None = None    # learned: 20 by default; prototype: C*H*W (fixed)
     head: str = "linear"            # linear (Eq. 14) | posterior (Eq. 15-16)
     posterior_sigma: float = 1.0    # sigma of the posterior head: not given in the paper
     T: int = 10
-    eta: float = 0.1
+    eta: float | None = None        # None: the paper's value for the method (DT 0.1, CT 1)
     schedule_eps: float = 0.01      # cosine schedule squeezed into [eps, 1-eps]: see schedule.py
+    steps: int = 1000               # inference steps of CT / FM / adjoint (paper: 1000); DT uses T
+    solver: str | None = None       # ct: stochastic (default) | euler | heun;  fm: euler (default) | heun
+    fm_sigma: float = 0.0           # sigma of the FM path: not given in the paper
     epochs: int = 100
+    optimizer: str | None = None    # adamw | adam; None: Table 3's (AdamW for DT, backprop, adjoint;
+                                    # Adam for CT, FM)
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -44,6 +51,7 @@ class Config:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":
+        """Check every field and fill the method-dependent defaults (eta, optimizer)."""
         from .data import DATASETS
         from .dt import HEADS
 
@@ -53,7 +61,20 @@ class Config:
 
         need(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r}; choose one of "
              f"{', '.join(DATASETS)}")
-        need(self.method == "dt", "method", f"unknown method {self.method!r}; choose dt")
+        need(self.method in METHODS, "method", f"unknown method {self.method!r}; choose one of "
+             f"{', '.join(METHODS)}")
+        if self.eta is None:
+            self.eta = 1.0 if self.method == "ct" else 0.1
+        if self.optimizer is None:
+            self.optimizer = "adam" if self.method in ("ct", "fm") else "adamw"
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {self.optimizer!r}; choose "
+             f"one of {', '.join(OPTIMIZERS)}")
+        need(isinstance(self.steps, int) and self.steps >= 1, "steps", f"must be an integer >= 1, got {self.steps}")
+        solvers = {"ct": ("stochastic", "euler", "heun"), "fm": ("euler", "heun")}.get(self.method, ())
+        need(self.solver is None or self.solver in solvers, "solver",
+             f"{self.solver!r} does not apply to method {self.method}" + (
+                 f"; choose one of {', '.join(solvers)}" if solvers else ""))
+        need(self.fm_sigma >= 0, "fm_sigma", f"must be >= 0, got {self.fm_sigma}")
         need(self.embedding in EMBEDDINGS, "embedding", f"unknown embedding {self.embedding!r}; "
              f"choose one of {', '.join(EMBEDDINGS)}")
         need(self.head in HEADS, "head", f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")

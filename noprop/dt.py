@@ -62,7 +62,7 @@ class NoPropDT(nn.Module):
     def u_hat(self, t: int, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block t (1-based): logits and u_hat = softmax(logits) @ W_Embed."""
         logits = self.blocks[t - 1](z, x)
-        return logits, logits.float().softmax(-1) @ self.embed.weight
+        return logits, self.embed.mix(logits)
 
     def classify(self, z_T: torch.Tensor) -> torch.Tensor:
         """Logits of p_hat_theta_out(y | z_T): linear + softmax (Eq. 14), or the 'posterior'
@@ -80,7 +80,7 @@ class NoPropDT(nn.Module):
         u = self.embed(y)
         z_T = q_sample(u, self.alpha_bar[-1])
         ce = F.cross_entropy(self.classify(z_T), y)
-        kl = kl_to_standard_normal(u, float(self.alpha_bar[0])).mean()
+        kl = kl_to_standard_normal(u, self.alpha_bar[0]).mean()
         return ce, kl
 
     def denoise_loss(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ class NoPropDT(nn.Module):
     def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None):
         """Run Eq. 3 from z_0 ~ N(0, I). Yields (t, z_t, block logits) for t = 1..T.
         noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule)."""
-        z = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device)
+        z = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
         for t in range(1, self.T + 1):
             logits, u_hat = self.u_hat(t, z, x)
             z = self.coef_a[t - 1] * u_hat + self.coef_b[t - 1] * z

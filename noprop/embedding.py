@@ -50,6 +50,15 @@ class ClassEmbedding(nn.Module):
         """u_y for a batch of integer labels."""
         return self.weight[y]
 
+    def mix(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits) @ W: the DT/CT/backprop block output u_hat, a convex combination of
+        class embeddings. Computed in W's dtype (fp32 under bf16 autocast)."""
+        return logits.to(self.weight.dtype).softmax(-1) @ self.weight
+
+    def span(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits @ W: the FM / adjoint field, unrestricted within the span of the embeddings."""
+        return logits.to(self.weight.dtype) @ self.weight
+
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Index of the class embedding nearest (Euclidean) to each row of z."""
         return torch.cdist(z.float(), self.weight.float()).argmin(-1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from .data import Split
 from .dt import NoPropDT
@@ -37,19 +38,21 @@ def _eval_batches(split: Split, batch_size: int, channels_last: bool):
 
 
 @torch.no_grad()
-def predict(model: NoPropDT, split: Split, noise: bool = True, seed: int = 0,
-            batch_size: int = 1000, channels_last: bool = True, autocast_dtype=None) -> torch.Tensor:
-    """Predicted labels for every image of a split. Takes the images only: labels never enter."""
+def predict(model: nn.Module, split: Split, noise: bool = True, seed: int = 0,
+            batch_size: int = 1000, channels_last: bool = True, autocast_dtype=None,
+            **predict_kw) -> torch.Tensor:
+    """Predicted labels for every image of a split. Takes the images only: labels never enter.
+    predict_kw (steps, solver) go to the model's own predict (CT, FM, adjoint)."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     preds = []
     for x in _eval_batches(split, batch_size, channels_last):
         with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            preds.append(model.predict(x, noise=noise, generator=gen))
+            preds.append(model.predict(x, noise=noise, generator=gen, **predict_kw))
     return torch.cat(preds)
 
 
-def accuracy_runs(model: NoPropDT, split: Split, runs: int = 5, noise: bool = True, seed: int = 0,
+def accuracy_runs(model: nn.Module, split: Split, runs: int = 5, noise: bool = True, seed: int = 0,
                   **kw) -> list[float]:
     """Accuracy (%) of each of `runs` inference runs (seeds seed, seed+1, ...)."""
     return [100.0 * (predict(model, split, noise, seed + r, **kw) == split.y).float().mean().item()

@@ -6,6 +6,8 @@ parameter counts (Table 5): one MNIST DT block with one-hot embeddings has 919,9
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -91,6 +93,52 @@ class DTBlock(nn.Module):
             if x.is_contiguous(memory_format=torch.channels_last):
                 z = z.contiguous(memory_format=torch.channels_last)
         return self.fuse(torch.cat([self.image_path(x), self.label_path(z)], dim=1))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int = 64, scale: float = 1000.0) -> torch.Tensor:
+    """The 64-dim positional embedding of t ("pos emb (64)" in Fig. 6): sin and cos of scale*t at
+    dim/2 geometric frequencies, as in Transformer/DDPM. t in [0, 1] is scaled by 1000 (our choice;
+    the paper does not say) so that the fastest frequency resolves the 1000-step grid."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = scale * t.float()[:, None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class TimeNet(nn.Module):
+    """The NoProp-CT / NoProp-FM network u_hat_theta(z_t, x, t) (Fig. 6, right); no BatchNorm.
+
+    image: ConvPath ending FC256 -> ReLU;  label: FC256 -> ReLU (or a conv path for prototypes);
+    time: pos emb (64) -> FC256 -> ReLU;  fusion: concat (768) -> FC256 -> ReLU -> FC128 -> ReLU
+    -> FC(m) logits. One MNIST one-hot network has 867,722 parameters (the paper's 0.87M)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], embed_dim: int, num_classes: int,
+                 prototype: bool = False, dropout: float = 0.2, time_dim: int = 64):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.prototype = prototype
+        self.time_dim = time_dim
+        self.image_path = ConvPath(image_shape, dropout=dropout, batchnorm=False)
+        if prototype:
+            c, h, w = image_shape
+            if embed_dim != c * h * w:
+                raise ValueError(f"a prototype network needs embed_dim = C*H*W = {c * h * w}, got {embed_dim}")
+            self.label_path = ConvPath(image_shape, dropout=dropout, batchnorm=False)
+        else:
+            self.label_path = nn.Sequential(nn.Linear(embed_dim, 256), nn.ReLU())
+        self.time_path = nn.Sequential(nn.Linear(time_dim, 256), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Linear(768, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                                  nn.Linear(128, num_classes))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prototype:
+            z = z.reshape(len(z), *self.image_shape)
+            if x.is_contiguous(memory_format=torch.channels_last):
+                z = z.contiguous(memory_format=torch.channels_last)
+        if t.ndim == 0:
+            t = t.expand(len(x))
+        temb = sinusoidal_embedding(t, self.time_dim).to(x.dtype)
+        return self.fuse(torch.cat([self.image_path(x), self.label_path(z), self.time_path(temb)], dim=1))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -62,19 +62,25 @@ class CosineSchedule:
         return self.snr[1:] - self.snr[:-1]
 
     def posterior_coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """a_t, b_t, c_t for t = 1..T (index 0 <-> t = 1), spec section 1.1 / Eq. 7:
+        """a_t, b_t, c_t for t = 1..T (index 0 <-> t = 1); see posterior_coefficients()."""
+        return posterior_coefficients(self.alpha_bar)
 
-            q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I)
-            a_t = sqrt(ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
-            b_t = sqrt(alpha_{t-1}) (1 - ab_t) / (1 - ab_{t-1})
-            c_t = (1 - ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
-        """
-        ab, al = self.alpha_bar, self.alpha
-        ab_t, ab_prev, al_prev = ab[1:], ab[:-1], al[:-1]
-        a = ab_t.sqrt() * (1 - al_prev) / (1 - ab_prev)
-        b = al_prev.sqrt() * (1 - ab_t) / (1 - ab_prev)
-        c = (1 - ab_t) * (1 - al_prev) / (1 - ab_prev)
-        return a, b, c
+
+def posterior_coefficients(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """a_t, b_t, c_t on a grid alpha_bar_0..alpha_bar_T (index 0 <-> t = 1), spec section 1.1 / Eq. 7:
+
+        q(z_t | z_{t-1}, y) = N(a_t u_y + b_t z_{t-1}, c_t I)
+        a_t = sqrt(ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
+        b_t = sqrt(alpha_{t-1}) (1 - ab_t) / (1 - ab_{t-1})
+        c_t = (1 - ab_t) (1 - alpha_{t-1}) / (1 - ab_{t-1})
+    with alpha_{t-1} = ab_{t-1} / ab_t. NoProp-CT uses the same formulas on its time grid.
+    """
+    ab_t, ab_prev = alpha_bar[1:], alpha_bar[:-1]
+    al_prev = ab_prev / ab_t
+    a = ab_t.sqrt() * (1 - al_prev) / (1 - ab_prev)
+    b = al_prev.sqrt() * (1 - ab_t) / (1 - ab_prev)
+    c = (1 - ab_t) * (1 - al_prev) / (1 - ab_prev)
+    return a, b, c
 
 
 def validate_alpha_bar(alpha_bar: torch.Tensor) -> None:
@@ -101,10 +107,73 @@ def q_sample(u_y: torch.Tensor, alpha_bar_t: torch.Tensor | float,
     return alpha_bar_t.sqrt() * u_y + (1 - alpha_bar_t).sqrt() * noise
 
 
-def kl_to_standard_normal(u_y: torch.Tensor, alpha_bar_0: float) -> torch.Tensor:
+def kl_to_standard_normal(u_y: torch.Tensor, alpha_bar_0: torch.Tensor | float) -> torch.Tensor:
     """KL( q(z_0|y) || N(0, I) ) per example, for q(z_0|y) = N(sqrt(ab_0) u_y, (1 - ab_0) I):
 
         KL = 1/2 [ ab_0 ||u_y||^2 - d ab_0 - d ln(1 - ab_0) ]        (the KL term of Eq. 8)
-    """
+
+    alpha_bar_0 may be a tensor that carries gradient (NoProp-CT's learned schedule)."""
     d = u_y.shape[-1]
-    return 0.5 * (alpha_bar_0 * u_y.pow(2).sum(-1) - d * alpha_bar_0 - d * math.log(1 - alpha_bar_0))
+    ab0 = torch.as_tensor(alpha_bar_0, dtype=u_y.dtype, device=u_y.device)
+    return 0.5 * (ab0 * u_y.pow(2).sum(-1) - d * ab0 - d * torch.log1p(-ab0))
+
+
+class LearnedSchedule(torch.nn.Module):
+    """The learned noise schedule of NoProp-CT (App. B, after VDM), t in [0, 1], t = 1 clean:
+
+        gamma_tilde(t) = sum_j w2_j sigmoid(w1_j t + b1_j)    (w1, w2 > 0 via softplus: increasing)
+        gamma_bar(t)   = (gamma_tilde(t) - gamma_tilde(0)) / (gamma_tilde(1) - gamma_tilde(0))  in [0, 1]
+        gamma(t)       = gamma_0 + (gamma_1 - gamma_0) (1 - gamma_bar(t))   (decreasing in t)
+        SNR(t)         = exp(-gamma(t)),   alpha_bar(t) = sigmoid(-gamma(t))
+        SNR'(t)        = (gamma_1 - gamma_0) gamma_bar'(t) exp(-gamma(t))  >= 0
+
+    Choices the paper leaves open: 16 hidden units with a sigmoid; positivity by softplus; the
+    endpoints start at gamma_0 = -5 (alpha_bar(1) = 0.9933, SNR 148) and gamma_1 = 5 (alpha_bar(0) =
+    0.0067) -- VDM's [-13.3, 5] gives SNR weights near 6e5 at t = 1, which a softmax-bounded u_hat
+    does not need. gamma_1 is parameterised as gamma_0 + softplus(gap) so that training can move
+    both endpoints but never reverse the schedule.
+    """
+
+    def __init__(self, gamma_0: float = -5.0, gamma_1: float = 5.0, hidden: int = 16):
+        super().__init__()
+        if not gamma_1 > gamma_0:
+            raise ValueError(f"gamma_1 ({gamma_1}) must exceed gamma_0 ({gamma_0}) so SNR rises with t")
+        self.gamma_0 = torch.nn.Parameter(torch.tensor(float(gamma_0)))
+        gap = gamma_1 - gamma_0
+        self.gap_raw = torch.nn.Parameter(torch.tensor(gap + math.log(-math.expm1(-gap))))  # softplus^-1
+        g = torch.Generator().manual_seed(0)  # the schedule's init does not depend on the run's seed
+        self.w1_raw = torch.nn.Parameter(torch.randn(hidden, generator=g))
+        self.b1 = torch.nn.Parameter(torch.randn(hidden, generator=g))
+        self.w2_raw = torch.nn.Parameter(torch.randn(hidden, generator=g))
+
+    @property
+    def gamma_1(self) -> torch.Tensor:
+        return self.gamma_0 + torch.nn.functional.softplus(self.gap_raw)
+
+    def _gamma_tilde(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma_tilde(t) and its derivative, for t of any shape."""
+        w1 = torch.nn.functional.softplus(self.w1_raw)
+        w2 = torch.nn.functional.softplus(self.w2_raw)
+        h = torch.sigmoid(t[..., None] * w1 + self.b1)
+        return (h * w2).sum(-1), (h * (1 - h) * w1 * w2).sum(-1)
+
+    def gamma_bar(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, dg = self._gamma_tilde(t)
+        ends = self._gamma_tilde(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))[0]
+        span = ends[1] - ends[0]
+        return (g - ends[0]) / span, dg / span
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        gb, _ = self.gamma_bar(t)
+        return self.gamma_0 + (self.gamma_1 - self.gamma_0) * (1 - gb)
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-self.gamma(t))
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-self.gamma(t))
+
+    def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
+        gb, dgb = self.gamma_bar(t)
+        gamma = self.gamma_0 + (self.gamma_1 - self.gamma_0) * (1 - gb)
+        return (self.gamma_1 - self.gamma_0) * dgb * torch.exp(-gamma)

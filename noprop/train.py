@@ -27,12 +27,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config, ConfigError
 from .data import Dataset, batches, load_dataset, subset
+from .backprop import Adjoint, Backprop
+from .ct import NoPropCT
 from .dt import NoPropDT
+from .fm import NoPropFM
 from .embedding import ClassEmbedding, prototype_init
 from .evaluate import accuracy_runs
 from .schedule import CosineSchedule
@@ -62,7 +66,9 @@ def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
     return data
 
 
-def build_model(cfg: Config, image_shape, num_classes: int, train_split=None) -> NoPropDT:
+def build_model(cfg: Config, image_shape, num_classes: int, train_split=None) -> nn.Module:
+    """The model of cfg.method. A prototype embedding is initialised from train_split when given
+    (otherwise randomly: a checkpoint's weights then replace it)."""
     c, h, w = image_shape
     if cfg.embedding == "prototype":
         init = None
@@ -71,19 +77,34 @@ def build_model(cfg: Config, image_shape, num_classes: int, train_split=None) ->
         embed = ClassEmbedding("prototype", num_classes, c * h * w, init=init)
     else:
         embed = ClassEmbedding(cfg.embedding, num_classes, cfg.embed_dim)
-    model = NoPropDT(image_shape, embed, T=cfg.T, eta=cfg.eta, head=cfg.head,
-                     posterior_sigma=cfg.posterior_sigma, schedule=CosineSchedule(cfg.T, cfg.schedule_eps))
+    if cfg.method == "dt":
+        model = NoPropDT(image_shape, embed, T=cfg.T, eta=cfg.eta, head=cfg.head,
+                         posterior_sigma=cfg.posterior_sigma, schedule=CosineSchedule(cfg.T, cfg.schedule_eps))
+    elif cfg.method == "ct":
+        model = NoPropCT(image_shape, embed, eta=cfg.eta, steps=cfg.steps, solver=cfg.solver or "stochastic")
+    elif cfg.method == "fm":
+        model = NoPropFM(image_shape, embed, steps=cfg.steps, solver=cfg.solver or "euler", sigma=cfg.fm_sigma)
+    elif cfg.method == "backprop":
+        model = Backprop(image_shape, embed, T=cfg.T)
+    else:
+        model = Adjoint(image_shape, embed, steps=cfg.steps)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def make_optimizers(model: NoPropDT, cfg: Config):
-    def adamw(params):
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    block_opts = [adamw(b.parameters()) for b in model.blocks]
+def make_optimizers(model: nn.Module, cfg: Config):
+    """DT: one optimizer per block plus one shared (head, learned embedding). Every other method
+    is one network trained as a whole: a single optimizer, returned as the 'shared' one."""
+    opt_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+
+    def make(params):
+        return opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.method != "dt":
+        return [], make(model.parameters())
+    block_opts = [make(b.parameters()) for b in model.blocks]
     shared = list(model.head.parameters()) + ([model.embed.weight] if model.embed.trainable else [])
-    return block_opts, adamw(shared)
+    return block_opts, make(shared)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -165,11 +186,30 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def train_epoch(self) -> dict:
-        cfg, model, T = self.cfg, self.model, self.cfg.T
+        cfg = self.cfg
         e = self.epoch + 1
         torch.manual_seed(epoch_seed(cfg.seed, e))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, e))
-        model.train()
+        self.model.train()
+        if cfg.method == "dt":
+            return self._train_epoch_dt(e, gen)
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(total=len(self.data.train) // cfg.batch_size, desc=f"epoch {e}", leave=False,
+                   disable=self.quiet or None)
+        for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
+            with torch.autocast(**self.autocast):
+                parts = self.model.loss(self._x(x), y)
+            self._step(parts["loss"], [self.shared_opt], f"epoch {e}, step {step} ({cfg.method})")
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            n += 1
+            bar.update()
+        bar.close()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _train_epoch_dt(self, e: int, gen: torch.Generator) -> dict:
+        cfg, model, T = self.cfg, self.model, self.cfg.T
         l2_sum, l2_n = torch.zeros(T), torch.zeros(T)
         ce_sum, ce_n = 0.0, 0
         n_batches = len(self.data.train) // cfg.batch_size
@@ -221,12 +261,13 @@ class Trainer:
                                  "seconds": time.perf_counter() - t0})
             self.save(best)
             if log:
-                log(f"epoch {self.epoch}/{self.cfg.epochs}: ce {stats['ce']:.4f}  val acc {val:.2f}%  "
+                losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
+                log(f"epoch {self.epoch}/{self.cfg.epochs}: {losses}  val acc {val:.2f}%  "
                     f"({train_s:.0f}s train)")
         return {"epochs": self.epoch, "best_val": self.best_val}
 
 
-def load_model(path: str | os.PathLike) -> tuple[NoPropDT, Config, dict]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, Config, dict]:
     """A trained model from a checkpoint file (no data needed: the prototype rows come from the
     checkpoint's weights)."""
     state = checkpoint.load(path)

@@ -110,3 +110,22 @@ def test_cli_corrupt_data_is_named(tmp_path, mnist_copy):
     r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "train-images-idx3-ubyte.gz" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method,n,batch,epochs,steps,floor", [
+    ("ct", 4000, 32, 6, 20, 45.0),
+    ("fm", 4000, 32, 4, 20, 70.0),
+    ("backprop", 2000, 32, 3, 10, 40.0),
+    ("adjoint", 1000, 32, 2, 10, 40.0),
+])
+def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, steps, floor):
+    """A short real training per method (chance is 10%); fewer inference steps than the paper's
+    1000 keep it short."""
+    full = load_mnist(val_size=5000, split_seed=0)
+    data = copy.copy(full)
+    data.train, data.val, data.test = subset(full.train, n), subset(full.val, 300), subset(full.test, 1000)
+    cfg = Config(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n, val_subset=300)
+    tr = Trainer(cfg, data, tmp_path / "r", quiet=True)
+    tr.fit(log=None)
+    acc = accuracy_runs(tr.model, data.test, runs=1)[0]
+    assert acc > floor, (method, acc, [h["val_acc"] for h in tr.history])

@@ -1,0 +1,170 @@
+"""Our accuracies beside the paper's Table 1 (identical in v1 and v2 of arXiv 2503.24322).
+
+PAPER_TABLE1 holds the paper's numbers exactly as printed (accuracy %, mean ± s.e. over 3 seeds x 5
+inference runs). collect() pools our runs the same way, and table1_markdown() lays both out row by
+row in the paper's order. The prior-method rows (Forward-Forward etc.) are left out: they come from
+other papers with other architectures, so there is nothing of ours to put beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from noprop.evaluate import mean_se
+
+Key = tuple[str, str, str]  # (method, embedding, dataset)
+
+DATASETS = ("mnist", "cifar10", "cifar100")
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+METHOD_NAMES = {"backprop": "Backprop", "dt": "NoProp-DT", "adjoint": "Adjoint",
+                "ct": "NoProp-CT", "fm": "NoProp-FM"}
+# The paper calls the learned embedding "dim=20" (its default dimension).
+EMBEDDING_NAMES = {"one-hot": "one-hot", "learned": "dim=20", "prototype": "prototype"}
+
+# The paper's row order; Adjoint is reported with one-hot embeddings only.
+ROWS: list[tuple[str, str]] = (
+    [("backprop", e) for e in EMBEDDING_NAMES]
+    + [("dt", e) for e in EMBEDDING_NAMES]
+    + [("adjoint", "one-hot")]
+    + [("ct", e) for e in EMBEDDING_NAMES]
+    + [("fm", e) for e in EMBEDDING_NAMES]
+)
+
+
+def _paper_rows() -> dict[Key, dict[str, tuple[float, float]]]:
+    # One line per row of Table 1: (MNIST train, MNIST test, C10 train, C10 test, C100 train,
+    # C100 test), each (mean, s.e.), copied from the paper.
+    rows = {
+        ("backprop", "one-hot"):   [(100.0, 0.0), (99.46, 0.06), (99.98, 0.01), (79.92, 0.14), (98.63, 1.34), (45.85, 2.07)],
+        ("backprop", "learned"):   [(99.99, 0.0), (99.43, 0.03), (99.96, 0.02), (79.3, 0.52), (94.28, 7.43), (46.57, 0.87)],
+        ("backprop", "prototype"): [(99.99, 0.01), (99.44, 0.05), (99.97, 0.01), (79.58, 0.44), (99.19, 0.71), (47.8, 0.19)],
+        ("dt", "one-hot"):         [(99.92, 0.01), (99.47, 0.05), (95.02, 0.19), (79.25, 0.28), (84.97, 0.67), (45.93, 0.46)],
+        ("dt", "learned"):         [(99.93, 0.01), (99.49, 0.04), (94.95, 0.09), (79.12, 0.37), (83.25, 0.39), (45.19, 0.22)],
+        ("dt", "prototype"):       [(99.97, 0.0), (99.54, 0.04), (97.23, 0.11), (80.54, 0.2), (90.7, 0.14), (46.06, 0.25)],
+        ("adjoint", "one-hot"):    [(98.7, 0.13), (98.62, 0.14), (70.64, 0.49), (66.78, 0.76), (26.72, 0.81), (25.03, 0.7)],
+        ("ct", "one-hot"):         [(97.88, 0.61), (97.84, 0.71), (97.31, 0.84), (73.35, 0.55), (75.1, 3.43), (33.66, 0.5)],
+        ("ct", "learned"):         [(97.7, 0.42), (97.7, 0.51), (94.88, 3.08), (71.77, 2.47), (74.22, 2.33), (33.99, 1.08)],
+        ("ct", "prototype"):       [(97.18, 1.02), (97.17, 0.94), (86.2, 7.34), (66.54, 3.63), (40.88, 10.72), (21.31, 4.17)],
+        ("fm", "one-hot"):         [(99.97, 0.0), (99.21, 0.09), (98.46, 0.4), (73.14, 0.9), (12.69, 10.4), (6.38, 4.9)],
+        ("fm", "learned"):         [(99.99, 0.0), (99.29, 0.05), (99.49, 0.15), (73.5, 0.28), (83.49, 4.62), (31.14, 0.52)],
+        ("fm", "prototype"):       [(99.27, 0.09), (98.52, 0.16), (99.8, 0.03), (75.18, 0.57), (96.37, 1.09), (37.57, 0.32)],
+    }
+    table = {}
+    for (method, emb), v in rows.items():
+        for i, ds in enumerate(DATASETS):
+            table[(method, emb, ds)] = {"train": v[2 * i], "test": v[2 * i + 1]}
+    return table
+
+
+PAPER_TABLE1: dict[Key, dict[str, tuple[float, float]]] = _paper_rows()
+
+
+def collect(results: list[dict]) -> dict[Key, dict]:
+    """Group results by (method, embedding, dataset) and pool every seed's inference runs into one
+    mean ± s.e., as the paper does over its 3 seeds x 5 runs.
+
+    Each value: {"test": (mean, se), "train": (mean, se) (only when some result has train runs),
+    "n_seeds": distinct seeds, "n_runs": pooled test values, "epochs": one entry per result that
+    states its epochs, in seed order}."""
+    groups: dict[Key, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["embedding"], r["dataset"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        test = [a for r in rs for a in r["test_acc_runs"]]
+        train = [a for r in rs for a in r.get("train_acc_runs") or []]
+        entry = {"test": mean_se(test), "n_seeds": len({r["seed"] for r in rs}), "n_runs": len(test),
+                 "epochs": [r["epochs"] for r in rs if r.get("epochs") is not None]}
+        if train:
+            entry["train"] = mean_se(train)
+        out[key] = entry
+    return out
+
+
+def _fmt(v: tuple[float, float] | None) -> str:
+    return "–" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+
+
+def _row_name(method: str, embedding: str) -> str:
+    return f"{METHOD_NAMES.get(method, method)} ({EMBEDDING_NAMES.get(embedding, embedding)})"
+
+
+def _counts(entry: dict) -> str:
+    """"3 × 5, 100 ep": seeds × runs per seed (or the total when seeds ran unequal numbers)."""
+    s, n = entry["n_seeds"], entry["n_runs"]
+    runs = f"{s} × {n // s}" if n % s == 0 else f"{s} seeds, {n} runs"
+    epochs = sorted(set(entry["epochs"]))
+    return runs + (f", {'/'.join(str(e) for e in epochs)} ep" if epochs else ", ? ep")
+
+
+def table1_markdown(collected: dict[Key, dict]) -> str:
+    """Our numbers beside the paper's, laid out like Table 1. Only rows with at least one result
+    of ours appear; only datasets we have results for get columns; train columns only where we
+    have train accuracies for that dataset."""
+    datasets = [d for d in DATASETS if any(k[2] == d for k in collected)]
+    datasets += sorted({k[2] for k in collected} - set(DATASETS))  # a dataset the paper lacks
+    with_train = {d for (_, _, d), e in collected.items() if "train" in e}
+
+    # The paper's rows first, in its order; anything else we ran (not in the paper) after them.
+    ours = {(m, e) for m, e, _ in collected}
+    rows = [r for r in ROWS if r in ours] + sorted(ours - set(ROWS))
+
+    header = ["Method"]
+    for d in datasets:
+        name = DATASET_NAMES.get(d, d)
+        if d in with_train:
+            header += [f"{name} ours train", f"{name} paper train"]
+        header += [f"{name} ours test", f"{name} paper test"]
+    header.append("seeds × runs, epochs")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m, e in rows:
+        cells = [_row_name(m, e)]
+        counts = []
+        for d in datasets:
+            entry = collected.get((m, e, d), {})
+            paper = PAPER_TABLE1.get((m, e, d), {})
+            if d in with_train:
+                cells += [_fmt(entry.get("train")), _fmt(paper.get("train"))]
+            cells += [_fmt(entry.get("test")), _fmt(paper.get("test"))]
+            if entry:
+                counts.append(_counts(entry) if len(datasets) == 1
+                              else f"{DATASET_NAMES.get(d, d)}: {_counts(entry)}")
+        cells.append("; ".join(counts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_results(paths) -> tuple[list[dict], list[str]]:
+    """Read run folders (each with config.json and result.json) into collect()'s dict form.
+    Folders that cannot be read are skipped, not fatal: a sweep may still be running, and one
+    unfinished run should not hide the others. Returns (results, skipped), skipped holding
+    "folder: reason" strings."""
+    results, skipped = [], []
+    for p in paths:
+        folder = Path(p)
+        if not (folder / "result.json").is_file():
+            skipped.append(f"{folder}: no result.json (unfinished or not a run folder)")
+            continue
+        if not (folder / "config.json").is_file():
+            skipped.append(f"{folder}: no config.json")
+            continue
+        try:
+            cfg = json.loads((folder / "config.json").read_text())
+            res = json.loads((folder / "result.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            skipped.append(f"{folder}: unreadable JSON ({e})")
+            continue
+        missing = [k for k in ("method", "embedding", "dataset", "seed") if k not in cfg]
+        missing += [k for k in ("test_acc_runs",) if k not in res]
+        if missing:
+            skipped.append(f"{folder}: missing {', '.join(missing)}")
+            continue
+        r = {"method": cfg["method"], "embedding": cfg["embedding"], "dataset": cfg["dataset"],
+             "seed": int(cfg["seed"]), "test_acc_runs": list(res["test_acc_runs"]),
+             "epochs": res.get("epochs"), "run_dir": str(folder)}
+        if res.get("train_acc_runs"):
+            r["train_acc_runs"] = list(res["train_acc_runs"])
+        results.append(r)
+    return results, skipped
