@@ -38,7 +38,7 @@ class Backprop(nn.Module):
         self.head = nn.Linear(embedding.dim, self.num_classes)
 
     def final_latent(self, x, noise: bool = True, generator=None, **_) -> torch.Tensor:
-        z = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
+        z = self.embed.noise(len(x), generator, x.device)
         alpha = torch.tanh(self.w)
         for t, block in enumerate(self.blocks):
             u_hat = self.embed.mix(block(z, x))
@@ -80,7 +80,7 @@ class Adjoint(nn.Module):
             from torchdiffeq import odeint_adjoint
         except ImportError as e:  # an optional dependency: say how to get it
             raise ImportError("the adjoint baseline needs torchdiffeq: pip install 'noprop[adjoint]'") from e
-        z0 = torch.randn(len(x), self.embed.dim, device=x.device, dtype=self.embed.weight.dtype)
+        z0 = self.embed.noise(len(x), device=x.device)
         field = _Field(self.net, self.embed, x)
         ts = torch.tensor([0.0, 1.0], device=x.device)
         z1 = odeint_adjoint(field, z0, ts, method="euler", options={"step_size": 1.0 / self.steps},
@@ -90,7 +90,7 @@ class Adjoint(nn.Module):
 
     @torch.no_grad()
     def final_latent(self, x, noise: bool = True, generator=None, steps: int | None = None, **_):
-        z0 = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
+        z0 = self.embed.noise(len(x), generator, x.device)
         field = _Field(self.net, self.embed, x)
         return integrate(field, z0, steps or self.steps, "euler")
 

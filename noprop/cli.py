@@ -18,6 +18,7 @@ from .data import DATASETS, DataError
 from .dt import HEADS
 from .embedding import KINDS
 from .presets import PresetError, get_preset, list_presets
+from .report import collect, load_results, table1_markdown
 from .evaluate import accuracy_runs, block_diagnostics, mean_se
 from .train import RESULT, DivergenceError, RunDirError, Trainer, load_data, load_model, threads
 
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ev)
 
     sub.add_parser("presets", help="list the paper's configurations (Table 3) as named presets")
+
+    tb = sub.add_parser("table", help="our test accuracy beside the paper's Table 1, from finished run "
+                        "folders (seeds x inference runs pooled, mean +- s.e.)")
+    tb.add_argument("runs", nargs="+", help="run folders (each with config.json and result.json)")
+    tb.add_argument("--out", help="also write the Markdown table to this file")
 
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
@@ -172,6 +178,19 @@ def cmd_presets(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(a: argparse.Namespace) -> int:
+    results, skipped = load_results(a.runs)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not results:
+        raise ConfigError("table: none of the given folders holds a finished run (result.json)")
+    md = table1_markdown(collect(results))
+    print(md)
+    if a.out:
+        checkpoint.atomic_write_text(a.out, md + "\n")
+    return 0
+
+
 def cmd_diagnose(a: argparse.Namespace) -> int:
     model, cfg, split = _load_for_eval(a)
     if cfg.method != "dt":
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
-                    "presets": cmd_presets}[a.command](a)
+                    "presets": cmd_presets, "table": cmd_table}[a.command](a)
     except USER_ERRORS as e:
         print(f"noprop: error: {e}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ class NoPropCT(nn.Module):
     def final_latent(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,
                      solver: str | None = None) -> torch.Tensor:
         steps, solver = steps or self.steps, solver or self.solver
-        z = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
+        z = self.embed.noise(len(x), generator, x.device)
         grid = torch.linspace(0, 1, steps + 1, device=x.device)
         ab = self.schedule.alpha_bar(grid).double()
         if solver == "stochastic":

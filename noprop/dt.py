@@ -101,7 +101,7 @@ class NoPropDT(nn.Module):
     def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None):
         """Run Eq. 3 from z_0 ~ N(0, I). Yields (t, z_t, block logits) for t = 1..T.
         noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule)."""
-        z = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
+        z = self.embed.noise(len(x), generator, x.device)
         for t in range(1, self.T + 1):
             logits, u_hat = self.u_hat(t, z, x)
             z = self.coef_a[t - 1] * u_hat + self.coef_b[t - 1] * z

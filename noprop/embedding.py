@@ -50,6 +50,10 @@ class ClassEmbedding(nn.Module):
         """u_y for a batch of integer labels."""
         return self.weight[y]
 
+    def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """z_0 ~ N(0, I) in the embedding space: where every method's inference starts."""
+        return torch.randn(n, self.dim, generator=generator, device=device, dtype=self.weight.dtype)
+
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
         """softmax(logits) @ W: the DT/CT/backprop block output u_hat, a convex combination of
         class embeddings. Computed in W's dtype (fp32 under bf16 autocast)."""

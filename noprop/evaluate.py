@@ -62,7 +62,7 @@ def accuracy_runs(model: nn.Module, split: Split, runs: int = 5, noise: bool = T
 @torch.no_grad()
 def block_diagnostics(model: NoPropDT, split: Split, seed: int = 0, batch_size: int = 1000,
                       channels_last: bool = True) -> dict[str, list[float]]:
-    """Two views of a trained chain, in % accuracy per step t = 1..T:
+    """Three views of a trained chain, in % accuracy per step t = 1..T:
 
     - ``block``: block t alone, fed z_{t-1} ~ q(z_{t-1} | y) at its own noise level (this builds
       its input from the label, as in training: a diagnostic, not an inference);

@@ -63,7 +63,7 @@ class NoPropFM(nn.Module):
                      solver: str | None = None) -> torch.Tensor:
         """z_1 from z_0 ~ N(0, I). The flow is deterministic given z_0; `noise` is accepted for a
         common interface and has nothing further to drop."""
-        z0 = torch.randn(len(x), self.embed.dim, generator=generator, device=x.device, dtype=self.embed.weight.dtype)
+        z0 = self.embed.noise(len(x), generator, x.device)
         return integrate(lambda t, z: self.velocity(z, x, t), z0, steps or self.steps, solver or self.solver)
 
     @torch.no_grad()

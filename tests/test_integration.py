@@ -129,3 +129,21 @@ def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, st
     tr.fit(log=None)
     acc = accuracy_runs(tr.model, data.test, runs=1)[0]
     assert acc > floor, (method, acc, [h["val_acc"] for h in tr.history])
+
+
+def test_cli_presets_override_and_table(tmp_path):
+    r = run_cli("presets")
+    assert r.returncode == 0 and "mnist-dt" in r.stdout and "cifar100-fm" in r.stdout
+    out = tmp_path / "fm"
+    r = run_cli("train", "--preset", "mnist-fm", "--epochs", "1", "--train-subset", "256", "--val-subset", "64",
+                "--steps", "5", "--batch-size", "32", "--eval-runs", "2", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    # from the preset: method fm, Adam; from the command line: epochs 1, 5 steps
+    assert (cfg["method"], cfg["optimizer"], cfg["epochs"], cfg["steps"]) == ("fm", "adam", 1, 5)
+    r = run_cli("table", str(out), str(tmp_path / "missing"))
+    assert r.returncode == 0, r.stderr
+    assert "NoProp-FM (one-hot)" in r.stdout and "99.21 ± 0.09" in r.stdout
+    assert "skipped" in r.stderr
+    r = run_cli("train", "--preset", "mnist-nothing", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "mnist-dt" in r.stderr
