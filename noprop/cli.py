@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, parallel
 from .checkpoint import CheckpointError
 from .config import METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
@@ -22,7 +22,7 @@ from .report import collect, load_results, table1_markdown
 from .evaluate import accuracy_runs, block_diagnostics, mean_se
 from .train import RESULT, DivergenceError, RunDirError, Trainer, load_data, load_model, threads
 
-USER_ERRORS = (PresetError, ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
+USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<embedding>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.add_argument("--workers", type=int, default=1, help="block-parallel NoProp-DT over this many "
+                    "processes on this machine (gloo); --threads is then per worker (default: cores / N). "
+                    "Under torchrun the world size comes from torchrun instead")
     _data_args(tr)
 
     ev = sub.add_parser("evaluate", help="test accuracy of a checkpoint, mean +- s.e. over inference runs")
@@ -126,15 +129,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = _config_from_args(a)
     if a.eval_runs < 1:
         raise ConfigError("--eval-runs: must be >= 1")
+    if a.workers < 1:
+        raise ConfigError("--workers: must be >= 1")
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
     out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
+    d = parallel.init_from_env()
+    if a.workers > 1 and not d.active:  # this process launches the workers and waits for them
+        parallel.check_parallel(cfg, a.workers)
+        return parallel.launch(a.workers, a.argv + ([] if a.out else ["--out", str(out)]), a.threads)
+    parallel.check_parallel(cfg, d.world)
+    try:
+        return _train(a, cfg, out, d)
+    finally:
+        parallel.shutdown()
+
+
+def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> int:
     t0 = time.perf_counter()
     data = load_data(cfg, a.data_dir, a.download)
-    print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
-          f"{len(data.test)} test; run folder {out}")
-    trainer = Trainer(cfg, data, out, quiet=a.quiet)
-    summary = trainer.fit(resume=a.resume)
+    if d.main:
+        print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
+              f"{len(data.test)} test; run folder {out}" + (f"; {d.world} workers" if d.active else ""))
+    trainer = Trainer(cfg, data, out, quiet=a.quiet, dist=d)
+    summary = trainer.fit(resume=a.resume, log=print if d.main else None)
+    if not d.main:
+        return 0
     kw = dict(batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last,
               autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None)
     accs = accuracy_runs(trainer.model, data.test, runs=a.eval_runs, seed=0, **kw)
@@ -209,7 +229,9 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
+    a.argv = argv
     try:
         with threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,

@@ -110,7 +110,7 @@ class Config:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls(**d).validate()  # also fills defaults that older config files lack
 
     def differences(self, other: "Config", ignore=("epochs",)) -> list[str]:
         """Fields that differ (a resumed run may only extend the number of epochs)."""

@@ -31,12 +31,14 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
+from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import Dataset, batches, load_dataset, subset
 from .backprop import Adjoint, Backprop
 from .ct import NoPropCT
 from .dt import NoPropDT
 from .fm import NoPropFM
+from .parallel import SINGLE, Dist, DistributedError, agree, check_parallel, gather, owned_blocks
 from .embedding import ClassEmbedding, prototype_init
 from .evaluate import accuracy_runs
 from .schedule import CosineSchedule
@@ -111,14 +113,23 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2 ** 63)
 
 
+def block_seed(seed: int, epoch: int, block: int) -> int:
+    return (epoch_seed(seed, epoch) * 1_009 + block) % (2 ** 63)
+
+
 # --------------------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: Config, data: Dataset, out_dir: str | os.PathLike, quiet: bool = False):
-        self.cfg, self.data, self.out = cfg.validate(), data, Path(out_dir)
-        self.quiet = quiet
+    def __init__(self, cfg: Config, data: Dataset, out_dir: str | os.PathLike, quiet: bool = False,
+                 dist: Dist = SINGLE):
+        self.cfg, self.data, self.out, self.dist = cfg.validate(), data, Path(out_dir), dist
+        self.quiet = quiet or not dist.main
+        check_parallel(cfg, dist.world)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, data.image_shape, data.num_classes, data.train)
         self.block_opts, self.shared_opt = make_optimizers(self.model, cfg)
+        # the blocks this process trains (all of them in a single process)
+        self.owned = owned_blocks(cfg.T, dist.world, dist.rank) if cfg.method == "dt" else []
+        self.shared_params = [p for g in self.shared_opt.param_groups for p in g["params"]]
         self.epoch = 0          # epochs completed
         self.best_val = -1.0
         self.history: list[dict] = []
@@ -126,23 +137,40 @@ class Trainer:
 
     # --- run folder ------------------------------------------------------------------------------
     def prepare_dir(self, resume: bool) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a writable folder") from e
-        last = self.out / LAST
-        if resume:
-            if last.exists():
+        """Rank 0 checks and claims the run folder; every rank loads the checkpoint when resuming."""
+        def prepare() -> None:
+            if self.dist.main:
+                try:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    probe = self.out / ".write-test"
+                    probe.write_bytes(b"")
+                    probe.unlink()
+                except OSError as e:
+                    raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a "
+                                      "writable folder") from e
+            last = self.out / LAST
+            if resume and last.exists():
                 self.load_state(checkpoint.load(last))
-            elif not self.quiet:
+            elif resume and self.dist.main and not self.quiet:
                 print(f"--resume: no checkpoint in {self.out} yet; starting from scratch", file=sys.stderr)
-        elif last.exists() or (self.out / RESULT).exists():
-            raise RunDirError(f"--out {self.out} already holds a run; pass --resume to continue it or "
-                              "choose another folder (nothing was overwritten)")
-        checkpoint.atomic_write_text(self.out / CONFIG, self.cfg.to_json())
+            elif self.dist.main and (last.exists() or (self.out / RESULT).exists()):
+                raise RunDirError(f"--out {self.out} already holds a run; pass --resume to continue it or "
+                                  "choose another folder (nothing was overwritten)")
+            if self.dist.main:
+                checkpoint.atomic_write_text(self.out / CONFIG, self.cfg.to_json())
+
+        if not self.dist.active:
+            return prepare()
+        error = None
+        try:
+            prepare()
+        except (RunDirError, CheckpointError) as e:
+            error = str(e)
+        agree(self.dist, error)
+        epochs = gather(self.dist, self.epoch)
+        if len(set(epochs)) > 1:
+            raise DistributedError(f"the ranks resumed from different epochs {epochs}: every rank must "
+                                   f"see the same {self.out / LAST} (a shared file system)")
 
     def state(self) -> dict:
         return {"config": self.cfg.to_dict(), "image_shape": list(self.data.image_shape),
@@ -172,15 +200,38 @@ class Trainer:
         checkpoint.atomic_write_text(self.out / METRICS, lines)
 
     # --- one optimisation step ----------------------------------------------------------------
-    def _step(self, loss: torch.Tensor, opts, where: str) -> None:
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"non-finite loss ({loss.item()}) at {where}; the last good "
-                                  f"checkpoint in {self.out} is kept. Try a lower --lr.")
+    def _step(self, loss: torch.Tensor | None, opts, where: str) -> None:
+        """One optimizer step. loss None: this rank has no block to train at this step but still
+        takes part in averaging the shared parameters' gradients (block-parallel training)."""
+        bad = loss is not None and not bool(torch.isfinite(loss))
+        message = (f"non-finite loss ({loss.item() if loss is not None else ''}) at {where}; the last "
+                   f"good checkpoint in {self.out} is kept. Try a lower --lr.")
+        if bad and not self.dist.active:
+            raise DivergenceError(message)
         for o in opts:
             o.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss is not None and not bad:
+            loss.backward()
+        if self.dist.active:
+            self._average_shared_grads(contributed=loss is not None and not bad, bad=bad, message=message)
         for o in opts:
             o.step()
+
+    def _average_shared_grads(self, contributed: bool, bad: bool, message: str) -> None:
+        """All-reduce the head's (and a learned embedding's) gradients, plus two counters: ranks
+        that diverged, ranks that contributed. Every rank then holds the same averaged gradient."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared_params]
+        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([float(bad), float(contributed)])])
+        torch.distributed.all_reduce(flat)
+        if flat[-2] > 0:
+            raise DivergenceError(message if bad else "another worker's loss became non-finite (its "
+                                  f"message names the block and step); the last good checkpoint in "
+                                  f"{self.out} is kept")
+        flat = flat[:-2] / flat[-1].clamp(min=1)
+        offset = 0
+        for p in self.shared_params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     def _x(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
@@ -213,32 +264,81 @@ class Trainer:
         l2_sum, l2_n = torch.zeros(T), torch.zeros(T)
         ce_sum, ce_n = 0.0, 0
         n_batches = len(self.data.train) // cfg.batch_size
-        passes = range(1, T + 1) if cfg.order == "paper" else [None]
-        bar = tqdm(total=n_batches * len(passes), desc=f"epoch {e}", leave=False, disable=self.quiet or None)
-        for t_pass in passes:
+
+        def record(ts, l2, ce):
+            nonlocal ce_sum, ce_n
+            idx = torch.tensor(ts) - 1
+            l2_sum[idx] += l2.detach().float()
+            l2_n[idx] += 1
+            ce_sum += ce.item()
+            ce_n += 1
+
+        if cfg.order == "paper":
+            # Block t's pass draws its data order and noise from (seed, epoch, t) alone, so it is the
+            # same whichever process trains it. Ranks owning fewer blocks idle through the last round.
+            rounds = len(owned_blocks(T, self.dist.world, 0))
+            bar = tqdm(total=rounds * n_batches, desc=f"epoch {e}", leave=False, disable=self.quiet or None)
+            for i in range(rounds):
+                t = self.owned[i] if i < len(self.owned) else None
+                if t is not None:
+                    torch.manual_seed(block_seed(cfg.seed, e, t))
+                    data = batches(self.data.train, cfg.batch_size,
+                                   torch.Generator().manual_seed(block_seed(cfg.seed, e, t)), drop_last=True)
+                for step in range(n_batches):
+                    if t is None:
+                        self._step(None, [self.shared_opt], f"epoch {e}, idle step {step}")
+                    else:
+                        x, y = next(data)
+                        with torch.autocast(**self.autocast):
+                            parts = model.block_loss(t, self._x(x), y)
+                        self._step(parts["loss"], [self.block_opts[t - 1], self.shared_opt],
+                                   f"epoch {e}, block {t}, step {step}")
+                        record([t], parts["l2"][None], parts["ce"])
+                    bar.update()
+            bar.close()
+        else:
+            if self.dist.active:  # same data order on every rank, different noise per rank
+                torch.manual_seed(block_seed(cfg.seed, e, T + 1 + self.dist.rank))
+            bar = tqdm(total=n_batches, desc=f"epoch {e}", leave=False, disable=self.quiet or None)
             for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
                 x = self._x(x)
                 with torch.autocast(**self.autocast):
                     if cfg.order == "all":
+                        ts = self.owned
                         ce, kl = model.shared_loss(y)
-                        l2 = torch.stack([model.denoise_loss(t, x, y) for t in range(1, T + 1)])
-                        loss = ce + kl + (model.l2_weight * l2).sum()
-                        ts, where = list(range(1, T + 1)), f"epoch {e}, step {step} (all blocks)"
+                        l2 = torch.stack([model.denoise_loss(t, x, y) for t in ts])
+                        loss = ce + kl + (model.l2_weight[torch.tensor(ts) - 1] * l2).sum()
+                        where = f"epoch {e}, step {step} (blocks {ts[0]}-{ts[-1]})"
                     else:
-                        t = t_pass if t_pass is not None else int(torch.randint(1, T + 1, (1,), generator=gen))
+                        t = int(torch.randint(1, T + 1, (1,), generator=gen))
                         parts = model.block_loss(t, x, y)
-                        loss, ce, l2 = parts["loss"], parts["ce"], parts["l2"][None]
-                        ts, where = [t], f"epoch {e}, block {t}, step {step}"
-                opts = [self.block_opts[t - 1] for t in ts] + [self.shared_opt]
-                self._step(loss, opts, where)
-                idx = torch.tensor(ts) - 1
-                l2_sum[idx] += l2.detach().float()
-                l2_n[idx] += 1
-                ce_sum += ce.item()
-                ce_n += 1
+                        ts, loss, ce, l2 = [t], parts["loss"], parts["ce"], parts["l2"][None]
+                        where = f"epoch {e}, block {t}, step {step}"
+                self._step(loss, [self.block_opts[t - 1] for t in ts] + [self.shared_opt], where)
+                record(ts, l2, ce)
                 bar.update()
-        bar.close()
+            bar.close()
+        self._gather_blocks()
         return {"l2_per_block": (l2_sum / l2_n.clamp(min=1)).tolist(), "ce": ce_sum / max(ce_n, 1)}
+
+    def _gather_blocks(self) -> None:
+        """Block-parallel: bring every block (weights, BatchNorm statistics, optimizer state) to
+        rank 0, which then holds the whole model, validates it and writes the checkpoint."""
+        if not self.dist.active:
+            return
+        # the shared parameters must be bit-identical on every rank: check it, cheaply, each epoch
+        sums = gather(self.dist, [float(p.detach().double().sum()) for p in self.shared_params])
+        if any(x != sums[0] for x in sums):
+            raise DistributedError(f"the shared parameters differ between ranks ({sums}); this is a bug")
+        mine = {t: (self.model.blocks[t - 1].state_dict(), self.block_opts[t - 1].state_dict())
+                for t in self.owned}
+        parts = [None] * self.dist.world if self.dist.main else None
+        torch.distributed.gather_object(mine, parts, dst=0)
+        if self.dist.main:
+            for part in parts:
+                for t, (block_state, opt_state) in part.items():
+                    self.model.blocks[t - 1].load_state_dict(block_state)
+                    self.block_opts[t - 1].load_state_dict(opt_state)
 
     def validate(self) -> float:
         acc = accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed,
@@ -252,8 +352,10 @@ class Trainer:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             train_s = time.perf_counter() - t0
-            val = self.validate() if len(self.data.val) else float("nan")
             self.epoch += 1
+            if not self.dist.main:  # rank 0 alone validates and writes; the others go on
+                continue
+            val = self.validate() if len(self.data.val) else float("nan")
             best = val > self.best_val
             if best:
                 self.best_val = val
