@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("runs", nargs="+", help="run folders (each with config.json and result.json)")
     tb.add_argument("--out", help="also write the Markdown table to this file")
 
+    bn = sub.add_parser("bench", help="measure training throughput, FLOPs, memory and block-parallel "
+                        "speed-up; prints and saves tables")
+    bn.add_argument("--what", nargs="+", default=["throughput", "memory", "workers"],
+                    choices=("throughput", "memory", "workers"))
+    bn.add_argument("--steps", type=int, default=20, help="timed training steps per throughput row")
+    bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
+    bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
     dg.add_argument("--split", default="val", choices=("test", "val"))
@@ -211,6 +219,14 @@ def cmd_table(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from . import bench
+    if a.steps < 1:
+        raise ConfigError("--steps: must be >= 1")
+    bench.run(a.what, a.out, steps=a.steps)
+    return 0
+
+
 def cmd_diagnose(a: argparse.Namespace) -> int:
     model, cfg, split = _load_for_eval(a)
     if cfg.method != "dt":
@@ -235,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
-                    "presets": cmd_presets, "table": cmd_table}[a.command](a)
+                    "presets": cmd_presets, "table": cmd_table, "bench": cmd_bench}[a.command](a)
     except USER_ERRORS as e:
         print(f"noprop: error: {e}", file=sys.stderr)
         return 2

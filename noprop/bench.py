@@ -1,0 +1,249 @@
+"""`noprop bench`: speed and memory, measured (never asserted by tests).
+
+- throughput: training block-samples per second (samples x blocks updated, per second) for the
+  NoProp-DT block (MNIST- and CIFAR-shaped), the CT/FM network and the backprop baseline (one step
+  updates all T blocks), in fp32 and bf16 autocast, on synthetic batches of the real shapes;
+- FLOPs of one training block-sample, counted from the layers (2 x multiply-adds of every conv and
+  linear layer forward, x3 for forward + backward), and the share of the machine's measured
+  matrix-multiply peak that the throughput reaches;
+- memory: peak resident memory of one training process per method, above the same process before
+  its first step (model and optimizer built), measured in a fresh subprocess;
+- workers: block-parallel throughput of real `noprop train --workers N` runs, one thread per worker.
+
+Every table is printed with the machine, the torch version and the thread count, and saved as JSON
+and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write_text
+from .config import Config
+from .train import build_model, make_optimizers
+
+SHAPES = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "bf16_native": "avx512_bf16" in flags or "amx_bf16" in flags}
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Measured GFLOP/s of an n x n matrix multiply in dtype."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(module: nn.Module, *inputs) -> int:
+    """FLOPs (2 x multiply-adds) of conv and linear layers for one forward of the given inputs."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            total += 2 * k * out.numel()
+        elif isinstance(mod, nn.Linear):
+            total += 2 * mod.in_features * out.numel()
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch: int):
+    shape, m = SHAPES[dataset]
+    cfg = Config(method=method, dataset="mnist", precision=precision, channels_last=channels_last,
+                 batch_size=batch, steps=10).validate()
+    torch.manual_seed(0)
+    model = build_model(cfg, shape, m)
+    model.train()
+    block_opts, shared_opt = make_optimizers(model, cfg)
+    x = torch.randn(batch, *shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, m, (batch,))
+    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    if method == "dt":  # one block's update, the unit of NoProp-DT training, cycling through blocks
+        counter = iter(range(10 ** 9))
+
+        def step():
+            t = next(counter) % cfg.T + 1
+            with torch.autocast(**autocast):
+                loss = model.block_loss(t, x, y)["loss"]
+            opts = [block_opts[t - 1], shared_opt]
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+        blocks_per_step = 1
+        block = model.blocks[0]
+        flops = forward_flops(block, torch.zeros(batch, model.embed.dim), x) // batch
+    else:
+        def step():
+            with torch.autocast(**autocast):
+                loss = model.loss(x, y)["loss"]
+            shared_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            shared_opt.step()
+        if method == "backprop":
+            blocks_per_step = cfg.T
+            flops = cfg.T * forward_flops(model.blocks[0], torch.zeros(batch, model.embed.dim), x) // batch
+        else:
+            blocks_per_step = 1
+            flops = forward_flops(model.net, torch.zeros(batch, model.embed.dim), x, torch.zeros(batch)) // batch
+    return step, blocks_per_step, flops
+
+
+def throughput(method: str, dataset: str = "mnist", precision: str = "fp32", channels_last: bool = True,
+               batch: int = 128, steps: int = 20, warmup: int = 3) -> dict:
+    step, blocks_per_step, flops = _setup(method, dataset, precision, channels_last, batch)
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = time.perf_counter() - t0
+    bs = batch * blocks_per_step * steps / dt
+    per_block = flops // blocks_per_step
+    return {"method": method, "dataset": dataset, "precision": precision, "channels_last": channels_last,
+            "batch": batch, "block_samples_per_s": bs, "train_flops_per_block_sample": 3 * per_block,
+            "gflops": bs * 3 * per_block / 1e9}
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_child(method: str, dataset: str, precision: str, steps: int) -> dict:
+    """Runs inside a fresh process: peak RSS growth from training `steps` steps."""
+    step, _, _ = _setup(method, dataset, precision, True, 128)
+    before = _rss_kb("VmRSS")
+    for _ in range(steps):
+        step()
+    peak = _rss_kb("VmHWM")
+    return {"method": method, "dataset": dataset, "precision": precision,
+            "train_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
+
+
+def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11) -> dict:
+    """11 steps: NoProp-DT visits every block once (all optimizer states exist), plus one."""
+    code = ("import json,sys; from noprop.bench import memory_child; "
+            f"print(json.dumps(memory_child({method!r}, {dataset!r}, {precision!r}, {steps})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"memory measurement of {method} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def workers_throughput(world: int, T: int = 10, n_train: int = 2048, epochs: int = 1) -> dict:
+    """Block-samples/s of a real `noprop train --workers N --threads 1` run (paper order)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-m", "noprop", "train", "-T", str(T), "--train-subset", str(n_train),
+                "--val-subset", "64", "--epochs", str(epochs), "--eval-runs", "1", "--threads", "1",
+                "--quiet", "--out", f"{tmp}/run", "--workers", str(world)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)
+        if r.returncode != 0:
+            raise RuntimeError(f"workers={world} run failed:\n{r.stderr}")
+        hist = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+    secs = sum(h["train_seconds"] for h in hist)
+    n = (n_train // 128) * 128 * T * epochs
+    return {"workers": world, "threads_per_worker": 1, "block_samples_per_s": n / secs, "train_seconds": secs}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, "
+             f"native bf16: {m['bf16_native']}", ""]
+    if results.get("peak"):
+        p = results["peak"]
+        lines += [f"Measured matmul peak: fp32 {p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s", ""]
+    if results.get("throughput"):
+        lines += ["| method | data | precision | block-samples/s | train FLOPs per block-sample | GFLOP/s | "
+                  "share of peak |", "|---|---|---|---|---|---|---|"]
+        for r in results["throughput"]:
+            peak = results.get("peak", {}).get(r["precision"])
+            share = f"{100 * r['gflops'] / peak:.0f}%" if peak else "–"
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['precision']} | {r['block_samples_per_s']:.0f} | "
+                         f"{r['train_flops_per_block_sample'] / 1e6:.1f} M | {r['gflops']:.1f} | {share} |")
+        lines.append("")
+    if results.get("memory"):
+        base = {(r["dataset"], r["precision"]): r["train_peak_mb"] for r in results["memory"]
+                if r["method"] == "backprop"}
+        lines += ["| method | data | precision | training peak above start (MB) | process peak (MB) | vs backprop |",
+                  "|---|---|---|---|---|---|"]
+        for r in results["memory"]:
+            b = base.get((r["dataset"], r["precision"]))
+            ratio = f"{r['train_peak_mb'] / b:.2f}x" if b else "–"
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['precision']} | {r['train_peak_mb']:.0f} | "
+                         f"{r['process_peak_mb']:.0f} | {ratio} |")
+        lines.append("")
+    if results.get("workers"):
+        one = next((w["block_samples_per_s"] for w in results["workers"] if w["workers"] == 1), None)
+        lines += ["| workers (1 thread each) | block-samples/s | speed-up |", "|---|---|---|"]
+        for w in results["workers"]:
+            sp = f"{w['block_samples_per_s'] / one:.2f}x" if one else "–"
+            lines.append(f"| {w['workers']} | {w['block_samples_per_s']:.0f} | {sp} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "bf16"),
+        methods=("dt", "ct", "fm", "backprop"), workers=(1, 2)) -> dict:
+    results: dict = {"machine": machine(), "command": " ".join(sys.argv)}
+    if "throughput" in what:
+        results["peak"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+        rows = []
+        for prec in precisions:
+            for method in methods:
+                rows.append(throughput(method, "mnist", prec, steps=steps))
+            rows.append(throughput("dt", "cifar10", prec, steps=steps))
+        results["throughput"] = rows
+    if "memory" in what:
+        results["memory"] = [memory(m, "mnist", "fp32") for m in methods]
+    if "workers" in what:
+        results["workers"] = [workers_throughput(w) for w in workers]
+    md = markdown(results)
+    print(md)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out) / "bench.json", json.dumps(results, indent=2))
+        atomic_write_text(Path(out) / "bench.md", f"command: `{results['command']}`\n\n" + md + "\n")
+    return results
