@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<embedding>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.add_argument("--deterministic", action="store_true", help="deterministic algorithms only, so a "
+                    "resumed run ends with exactly the weights of an uninterrupted one")
     tr.add_argument("--workers", type=int, default=1, help="block-parallel NoProp-DT over this many "
                     "processes on this machine (gloo); --threads is then per worker (default: cores / N). "
                     "Under torchrun the world size comes from torchrun instead")
@@ -155,6 +157,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> int:
     t0 = time.perf_counter()
+    if a.deterministic:
+        torch.use_deterministic_algorithms(True)
     data = load_data(cfg, a.data_dir, a.download)
     if d.main:
         print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "

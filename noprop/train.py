@@ -145,6 +145,8 @@ class Trainer:
                     probe = self.out / ".write-test"
                     probe.write_bytes(b"")
                     probe.unlink()
+                    for stale in self.out.glob(".*.tmp"):  # a write cut short by a crash
+                        stale.unlink()
                 except OSError as e:
                     raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a "
                                       "writable folder") from e
