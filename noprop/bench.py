@@ -188,6 +188,29 @@ def workers_throughput(world: int, T: int = 10, n_train: int = 2048, epochs: int
     return {"workers": world, "threads_per_worker": 1, "block_samples_per_s": n / secs, "train_seconds": secs}
 
 
+def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
+                     order: str = "paper", out: str | None = None, eval_runs: int = 5) -> dict:
+    """NoProp-DT on all of MNIST: wall seconds from start (data loading included) until the
+    validation accuracy first reaches `target`, checked after every epoch, or until the budget is
+    spent; then the test accuracy of that model (mean +- s.e. over inference runs)."""
+    from .evaluate import accuracy_runs, mean_se
+    from .train import Trainer, load_data
+    t0 = time.perf_counter()
+    cfg = Config(precision=precision, order=order, epochs=10 ** 6)
+    data = load_data(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, data, out or f"{tmp}/run", quiet=True)
+        tr.fit(log=lambda s: print(s, flush=True),
+               stop=lambda h: h["val_acc"] >= target or time.perf_counter() - t0 > 60 * budget_minutes)
+    wall = time.perf_counter() - t0
+    reached = tr.history[-1]["val_acc"] >= target
+    test = accuracy_runs(tr.model, data.test, runs=eval_runs,
+                         autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+    return {"target_val_acc": target, "reached": reached, "wall_seconds": wall, "epochs": tr.epoch,
+            "val_acc": tr.history[-1]["val_acc"], "precision": precision, "order": order,
+            "test_acc_mean": mean_se(test)[0], "test_acc_se": mean_se(test)[1], "test_acc_runs": test}
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, "
@@ -215,6 +238,13 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['method']} | {r['dataset']} | {r['precision']} | {r['train_peak_mb']:.0f} | "
                          f"{r['process_peak_mb']:.0f} | {ratio} |")
         lines.append("")
+    if results.get("tta"):
+        lines += ["| precision | target val acc | reached | wall (s) | epochs | val acc | test acc |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results["tta"]:
+            lines.append(f"| {r['precision']} | {r['target_val_acc']} | {r['reached']} | {r['wall_seconds']:.0f} | "
+                         f"{r['epochs']} | {r['val_acc']:.2f} | {r['test_acc_mean']:.2f} +- {r['test_acc_se']:.2f} |")
+        lines.append("")
     if results.get("workers"):
         one = next((w["block_samples_per_s"] for w in results["workers"] if w["workers"] == 1), None)
         lines += ["| workers (1 thread each) | block-samples/s | speed-up |", "|---|---|---|"]
@@ -226,7 +256,8 @@ def markdown(results: dict) -> str:
 
 
 def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "bf16"),
-        methods=("dt", "ct", "fm", "backprop"), workers=(1, 2)) -> dict:
+        methods=("dt", "ct", "fm", "backprop"), workers=(1, 2), target: float = 99.0,
+        budget_minutes: float = 10.0) -> dict:
     results: dict = {"machine": machine(), "command": " ".join(sys.argv)}
     if "throughput" in what:
         results["peak"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -240,6 +271,8 @@ def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "
         results["memory"] = [memory(m, "mnist", "fp32") for m in methods]
     if "workers" in what:
         results["workers"] = [workers_throughput(w) for w in workers]
+    if "tta" in what:
+        results["tta"] = [time_to_accuracy(target, budget_minutes, p) for p in precisions]
     md = markdown(results)
     print(md)
     if out:

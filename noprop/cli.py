@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure training throughput, FLOPs, memory and block-parallel "
                         "speed-up; prints and saves tables")
     bn.add_argument("--what", nargs="+", default=["throughput", "memory", "workers"],
-                    choices=("throughput", "memory", "workers"))
+                    choices=("throughput", "memory", "workers", "tta"),
+                    help="tta: time to a validation accuracy on full MNIST (minutes per precision)")
+    bn.add_argument("--target", type=float, default=99.0, help="tta: validation accuracy to reach (%%)")
+    bn.add_argument("--budget-minutes", type=float, default=10.0, help="tta: give up after this long")
+    bn.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per throughput row")
     bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
@@ -227,7 +231,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
     if a.steps < 1:
         raise ConfigError("--steps: must be >= 1")
-    bench.run(a.what, a.out, steps=a.steps)
+    bench.run(a.what, a.out, steps=a.steps, precisions=tuple(a.precision), target=a.target,
+              budget_minutes=a.budget_minutes)
     return 0
 
 

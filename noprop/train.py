@@ -348,7 +348,8 @@ class Trainer:
                             autocast_dtype=torch.bfloat16 if self.cfg.precision == "bf16" else None)
         return acc[0]
 
-    def fit(self, resume: bool = False, log=print) -> dict:
+    def fit(self, resume: bool = False, log=print, stop=None) -> dict:
+        """Train until cfg.epochs (or until stop(history entry) is true, single process)."""
         self.prepare_dir(resume)
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
@@ -368,6 +369,8 @@ class Trainer:
                 losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
                 log(f"epoch {self.epoch}/{self.cfg.epochs}: {losses}  val acc {val:.2f}%  "
                     f"({train_s:.0f}s train)")
+            if stop is not None and stop(self.history[-1]):
+                break
         return {"epochs": self.epoch, "best_val": self.best_val}
 
 
