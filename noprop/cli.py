@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import json
 import sys
 import time
@@ -29,6 +30,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder holding the dataset files (looked at before $NOPROP_DATA "
                    "and the bundled MNIST)")
     p.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+    p.add_argument("--offline", action="store_true", help="never download (also NOPROP_OFFLINE=1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
 
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr.add_argument("--preset", default=None, help="a row of the paper's Table 3, e.g. mnist-dt "
                     "(`noprop presets` lists them); other options override its fields")
-    opt("--dataset", choices=sorted(DATASETS))
+    opt("--dataset", help=f"{', '.join(sorted(DATASETS))}, or a .npz file with x_train, y_train, x_test, y_test")
     opt("--method", choices=METHODS)
     opt("--embedding", choices=KINDS)
     opt("--embed-dim", type=int, help="dimension of a learned embedding; None means 20")
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--train-subset", type=int, help="train on a seeded subset of this many images")
     opt("--val-subset", type=int, help="validate on a seeded subset of the held-out images")
     opt("--precision", choices=PRECISIONS)
+    tr.add_argument("--augment", action="store_true", default=S,
+                    help="random crop (padding 4) and horizontal flip while training (the paper used none)")
     tr.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                     help="keep the default NCHW memory layout")
     tr.add_argument("--eval-runs", type=int, default=5, help="inference runs for the final test accuracy")
@@ -257,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     a.argv = argv
+    if getattr(a, "offline", False):
+        os.environ["NOPROP_OFFLINE"] = "1"
     try:
         with threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,

@@ -47,20 +47,21 @@ class Config:
     val_subset: int | None = None
     precision: str = "fp32"         # fp32 | bf16 (autocast; CPUs with native bf16, or CUDA)
     channels_last: bool = True      # same maths, faster convolutions on CPU
+    augment: bool = False           # random crop (pad 4) + horizontal flip; the paper used none
     eval_batch_size: int = 1000
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":
         """Check every field and fill the method-dependent defaults (eta, optimizer)."""
-        from .data import DATASETS
+        from .data import DATASETS, is_npz
         from .dt import HEADS
 
         def need(cond: bool, option: str, msg: str):
             if not cond:
                 raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
 
-        need(self.dataset in DATASETS, "dataset", f"unknown dataset {self.dataset!r}; choose one of "
-             f"{', '.join(DATASETS)}")
+        need(self.dataset in DATASETS or is_npz(self.dataset), "dataset", f"unknown dataset "
+             f"{self.dataset!r}; choose one of {', '.join(DATASETS)} or a path to a .npz file")
         need(self.method in METHODS, "method", f"unknown method {self.method!r}; choose one of "
              f"{', '.join(METHODS)}")
         if self.eta is None:

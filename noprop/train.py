@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
-from .data import Dataset, batches, load_dataset, subset
+from .data import Dataset, augment, batches, load_dataset, subset
 from .backprop import Adjoint, Backprop
 from .ct import NoPropCT
 from .dt import NoPropDT
@@ -236,6 +236,9 @@ class Trainer:
             offset += p.numel()
 
     def _x(self, x: torch.Tensor) -> torch.Tensor:
+        """A training batch as the network takes it: augmented if asked, in the chosen layout."""
+        if self.cfg.augment:
+            x = augment(x)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def train_epoch(self) -> dict:
