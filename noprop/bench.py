@@ -32,7 +32,8 @@ from .checkpoint import atomic_write_text
 from .config import Config
 from .train import build_model, make_optimizers
 
-SHAPES = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
+          "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
 
 
 def machine() -> dict:

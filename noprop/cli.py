@@ -21,7 +21,7 @@ from .embedding import KINDS
 from .presets import PresetError, get_preset, list_presets
 from .report import collect, load_results, table1_markdown
 from .evaluate import accuracy_runs, block_diagnostics, mean_se
-from .train import RESULT, DivergenceError, RunDirError, Trainer, load_data, load_model, threads
+from .train import DivergenceError, RunDirError, load_data, load_model, threads, train_and_evaluate
 
 USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--val-size", type=int, help="images held out of the training set for validation")
     opt("--train-subset", type=int, help="train on a seeded subset of this many images")
     opt("--val-subset", type=int, help="validate on a seeded subset of the held-out images")
+    opt("--test-subset", type=int, help="smoke runs only: test on a fixed subset of the test set")
     opt("--precision", choices=PRECISIONS)
     tr.add_argument("--augment", action="store_true", default=S,
                     help="random crop (padding 4) and horizontal flip while training (the paper used none)")
@@ -109,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "folders (seeds x inference runs pooled, mean +- s.e.)")
     tb.add_argument("runs", nargs="+", help="run folders (each with config.json and result.json)")
     tb.add_argument("--out", help="also write the Markdown table to this file")
+
+    rp = sub.add_parser("reproduce", help="run the paper's grid under a time budget (resumable) and write "
+                        "a report folder: Table 1 and Table 2 beside the paper's, and figures")
+    rp.add_argument("--datasets", nargs="+", default=["mnist"])
+    rp.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    rp.add_argument("--embeddings", nargs="+", default=["one-hot", "learned", "prototype"], choices=KINDS)
+    rp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    rp.add_argument("--budget-hours", type=float, default=2.0, help="no new cell starts after this long")
+    rp.add_argument("--out", default="report", help="report folder (its runs/ holds one folder per cell)")
+    rp.add_argument("--epochs", type=int, help="override every preset's epochs (the report shows those run)")
+    rp.add_argument("--steps", type=int, help="override the inference steps of CT / FM / adjoint")
+    rp.add_argument("--train-subset", type=int)
+    rp.add_argument("--val-subset", type=int)
+    rp.add_argument("--test-subset", type=int, help="smoke runs only; the report says so")
+    rp.add_argument("--precision", choices=PRECISIONS)
+    rp.add_argument("--eval-runs", type=int, default=5)
+    rp.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory table")
+    _data_args(rp)
 
     bn = sub.add_parser("bench", help="measure training throughput, FLOPs, memory and block-parallel "
                         "speed-up; prints and saves tables")
@@ -171,19 +190,11 @@ def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> i
     if d.main:
         print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
               f"{len(data.test)} test; run folder {out}" + (f"; {d.world} workers" if d.active else ""))
-    trainer = Trainer(cfg, data, out, quiet=a.quiet, dist=d)
-    summary = trainer.fit(resume=a.resume, log=print if d.main else None)
-    if not d.main:
-        return 0
-    kw = dict(batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last,
-              autocast_dtype=torch.bfloat16 if cfg.precision == "bf16" else None)
-    accs = accuracy_runs(trainer.model, data.test, runs=a.eval_runs, seed=0, **kw)
-    m, se = mean_se(accs)
-    result = {"test_acc_mean": m, "test_acc_se": se, "test_acc_runs": accs, "epochs": summary["epochs"],
-              "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
-              "model": "final epoch", "threads": torch.get_num_threads(), "torch": torch.__version__}
-    checkpoint.atomic_write_text(out / RESULT, json.dumps(result, indent=2))
-    print(f"test accuracy (final model, {a.eval_runs} inference runs): {_fmt(m, se)}")
+    result = train_and_evaluate(cfg, data, out, eval_runs=a.eval_runs, resume=a.resume, quiet=a.quiet, dist=d,
+                                t0=t0)
+    if d.main:
+        print(f"test accuracy (final model, {a.eval_runs} inference runs): "
+              f"{_fmt(result['test_acc_mean'], result['test_acc_se'])}")
     return 0
 
 
@@ -231,6 +242,28 @@ def cmd_table(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from . import bench, reproduce
+    from .report import write_report
+    overrides = {k: v for k, v in (("epochs", a.epochs), ("steps", a.steps), ("train_subset", a.train_subset),
+                                   ("val_subset", a.val_subset), ("test_subset", a.test_subset),
+                                   ("precision", a.precision)) if v is not None}
+    for ds in a.datasets:  # name a bad value before any work
+        Config(dataset=ds, **overrides).validate()
+    if a.eval_runs < 1:
+        raise ConfigError("--eval-runs: must be >= 1")
+    cells = reproduce.run_grid(a.datasets, a.methods, a.embeddings, a.seeds, a.out, a.budget_hours, overrides,
+                               a.eval_runs, a.data_dir, a.download)
+    memory = None
+    if a.memory:
+        done = sorted({(c["dataset"], c["method"]) for c in cells if c.get("status") == "done"})
+        datasets = sorted({d for d, _ in done if d in bench.SHAPES})
+        memory = [bench.memory(m, d) for d in datasets for m in a.methods]
+    path = write_report(Path(a.out), cells, memory)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
     if a.steps < 1:
@@ -266,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
-                    "presets": cmd_presets, "table": cmd_table, "bench": cmd_bench}[a.command](a)
+                    "presets": cmd_presets, "table": cmd_table, "bench": cmd_bench,
+                    "reproduce": cmd_reproduce}[a.command](a)
     except USER_ERRORS as e:
         print(f"noprop: error: {e}", file=sys.stderr)
         return 2

@@ -45,10 +45,12 @@ class Config:
     val_size: int = 5000
     train_subset: int | None = None  # train on a seeded subset of this many images (quick runs)
     val_subset: int | None = None
+    test_subset: int | None = None  # smoke runs only: evaluate on a seeded subset of the test set
     precision: str = "fp32"         # fp32 | bf16 (autocast; CPUs with native bf16, or CUDA)
     channels_last: bool = True      # same maths, faster convolutions on CPU
     augment: bool = False           # random crop (pad 4) + horizontal flip; the paper used none
     eval_batch_size: int = 1000
+    test_curve: bool = False        # also record test accuracy each epoch, for plots (never for selection)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from noprop.checkpoint import atomic_write_text
 from noprop.evaluate import mean_se
 
 Key = tuple[str, str, str]  # (method, embedding, dataset)
@@ -163,8 +166,168 @@ def load_results(paths) -> tuple[list[dict], list[str]]:
             continue
         r = {"method": cfg["method"], "embedding": cfg["embedding"], "dataset": cfg["dataset"],
              "seed": int(cfg["seed"]), "test_acc_runs": list(res["test_acc_runs"]),
-             "epochs": res.get("epochs"), "run_dir": str(folder)}
+             "epochs": res.get("epochs"), "run_dir": str(folder), "test_subset": cfg.get("test_subset")}
         if res.get("train_acc_runs"):
             r["train_acc_runs"] = list(res["train_acc_runs"])
         results.append(r)
     return results, skipped
+
+
+# ------------------------------------------------------------------------------------------------
+# The report folder of `noprop reproduce`: Markdown tables and PNG figures (matplotlib).
+PAPER_MEMORY_GB = {  # v1 Table 2: GPU memory, one-hot embeddings
+    "backprop": {"mnist": 0.87, "cifar10": 1.17, "cifar100": 1.73},
+    "dt": {"mnist": 0.49, "cifar10": 0.64, "cifar100": 1.23},
+    "adjoint": {"mnist": 2.32, "cifar10": 6.23, "cifar100": 6.45},
+    "ct": {"mnist": 1.05, "cifar10": 0.45, "cifar100": 0.50},
+    "fm": {"mnist": 1.06, "cifar10": 0.44, "cifar100": 0.49},
+}
+
+
+def memory_markdown(rows: list[dict]) -> str:
+    """Our training memory (peak RSS growth of one CPU process, MB) beside the paper's Table 2."""
+    lines = ["| method | dataset | ours: training peak above start (MB) | ours vs backprop | paper (GPU, GB) | "
+             "paper vs backprop |", "|---|---|---|---|---|---|"]
+    ours_bp = {r["dataset"]: r["train_peak_mb"] for r in rows if r["method"] == "backprop"}
+    for r in rows:
+        paper = PAPER_MEMORY_GB.get(r["method"], {}).get(r["dataset"])
+        pb = PAPER_MEMORY_GB["backprop"].get(r["dataset"])
+        ob = ours_bp.get(r["dataset"])
+        ours_ratio = f"{r['train_peak_mb'] / ob:.2f}x" if ob else "–"
+        paper_ratio = f"{paper / pb:.2f}x" if paper and pb else "–"
+        lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {DATASET_NAMES.get(r['dataset'], r['dataset'])} "
+                     f"| {r['train_peak_mb']:.0f} | {ours_ratio} | {paper if paper is not None else '–'} | {paper_ratio} |")
+    return "\n".join(lines)
+
+
+def _history(run_dir: Path) -> list[dict]:
+    f = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+
+
+def plot_accuracy(results: list[dict], path: Path) -> None:
+    """Test accuracy (per-epoch curve, recorded for plotting only) against epochs and against
+    cumulative training seconds, one line per run, as the paper's Fig. 3."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in results})
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    for row, ds in zip(axes, datasets):
+        for r in (r for r in results if r["dataset"] == ds):
+            h = _history(r["run_dir"])
+            if not h:
+                continue
+            key = "test_acc" if "test_acc" in h[0] else "val_acc"
+            ep = [e["epoch"] for e in h]
+            secs, total = [], 0.0
+            for e in h:
+                total += e["train_seconds"]
+                secs.append(total)
+            label = f"{METHOD_NAMES.get(r['method'], r['method'])} ({EMBEDDING_NAMES.get(r['embedding'], r['embedding'])}) s{r['seed']}"
+            acc = [e[key] for e in h]
+            row[0].plot(ep, acc, marker="o", ms=3, label=label)
+            row[1].plot(secs, acc, marker="o", ms=3, label=label)
+        for ax, xl in zip(row, ("epoch", "training seconds")):
+            ax.set_xlabel(xl)
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(DATASET_NAMES.get(ds, ds))
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_blocks(run_dir: Path, path: Path) -> bool:
+    """Per-block diagnostics of a NoProp-DT run (from its diagnostics.json)."""
+    f = Path(run_dir) / "diagnostics.json"
+    if not f.exists():
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = json.loads(f.read_text())
+    t = list(range(1, len(d["block"]) + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(t, d["block"], marker="o", label="block t alone, fed z_(t-1) ~ q(z_(t-1)|y)")
+    ax.plot(t, d["chain"], marker="s", label="block t's logits along the chain from z_0")
+    ax.plot(t, d["head"], marker="^", label="head on z_t along the chain")
+    ax.axhline(100 / 10, color="grey", ls=":", lw=1, label="chance (10 classes)")
+    ax.set_xlabel("block t")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"NoProp-DT diagnostics: {Path(run_dir).name}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_trajectory(run_dir: Path, path: Path) -> bool:
+    """The chain's z_0..z_T for test images in 2-D (see reproduce.dt_trajectory)."""
+    f = Path(run_dir) / "trajectory.json"
+    if not f.exists():
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = json.loads(f.read_text())
+    labels = torch.tensor(d["labels"])
+    steps = torch.tensor(d["steps"])  # [T+1, n, 2]: z_0 .. z_T
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    ax.scatter(steps[-1, :, 0], steps[-1, :, 1], c=[cmap(int(c) % 10) for c in labels], s=4, alpha=0.25)
+    for c in labels.unique().tolist():
+        mean_path = steps[:, labels == c].mean(1)  # the class's mean latent at each step
+        ax.plot(mean_path[:, 0], mean_path[:, 1], color=cmap(c % 10), lw=1.8, marker="o", ms=3)
+    for c, (ex, ey) in enumerate(d["embeddings"]):
+        ax.scatter([ex], [ey], color=cmap(c % 10), marker="*", s=240, edgecolor="black", zorder=5)
+        ax.annotate(str(c), (ex, ey), textcoords="offset points", xytext=(7, 7), fontsize=9)
+    ax.set_title("z_t from z_0 ~ N(0, I) (t = 0..T): mean per true class (lines),\n"
+                 "final z_T per image (dots), class embeddings (stars)", fontsize=9)
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(out: Path, cells: list[dict], memory_rows: list[dict] | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, skipped = load_results([c["run_dir"] for c in cells if c.get("status") == "done"])
+    lines = ["# NoProp reproduction report", ""]
+    if results:
+        lines += ["## Test accuracy beside the paper's Table 1", "",
+                  "Ours: the final model of each run, mean ± s.e. over seeds × inference runs (the paper: "
+                  "3 seeds × 5 runs). Epochs are those actually run.", "", table1_markdown(collect(results)), ""]
+        partial = sorted({r["run_dir"] for r in results if r.get("test_subset")})
+        if partial:
+            lines += [f"**Smoke runs:** {len(partial)} run(s) were tested on a subset of the test set "
+                      "(`test_subset`); their numbers are not comparable with the paper's.", ""]
+        plot_accuracy(results, out / "accuracy.png")
+        lines += ["![test accuracy against epochs and training seconds](accuracy.png)", ""]
+        for r in results:
+            if r["method"] == "dt":
+                name = Path(r["run_dir"]).name
+                if plot_blocks(r["run_dir"], out / f"blocks-{name}.png"):
+                    lines += [f"![per-block diagnostics]({'blocks-' + name + '.png'})", ""]
+                if plot_trajectory(r["run_dir"], out / f"trajectory-{name}.png"):
+                    lines += [f"![denoising trajectory]({'trajectory-' + name + '.png'})", ""]
+                break  # one DT run's figures stand for the rest
+    if memory_rows:
+        lines += ["## Training memory beside the paper's Table 2", "",
+                  "Ours: peak resident memory of one CPU training process above its size before the first "
+                  "step, batch 128, fp32. The paper: process GPU memory.", "", memory_markdown(memory_rows), ""]
+    not_run = [c for c in cells if c.get("status") != "done"] + [{"cell": s, "status": "no result"} for s in skipped]
+    if not_run:
+        lines += ["## Not run", ""] + [f"- {c['cell']}: {c['status']}" for c in not_run] + [""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"

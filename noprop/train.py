@@ -40,7 +40,7 @@ from .dt import NoPropDT
 from .fm import NoPropFM
 from .parallel import SINGLE, Dist, DistributedError, agree, check_parallel, gather, owned_blocks
 from .embedding import ClassEmbedding, prototype_init
-from .evaluate import accuracy_runs
+from .evaluate import accuracy_runs, mean_se
 from .schedule import CosineSchedule
 
 
@@ -62,6 +62,7 @@ def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
                         val_size=cfg.val_size, split_seed=cfg.seed)
     data.train = subset(data.train, cfg.train_subset, cfg.seed)
     data.val = subset(data.val, cfg.val_subset, cfg.seed)
+    data.test = subset(data.test, cfg.test_subset, 0)  # the same images whatever the seed
     if cfg.batch_size > len(data.train):
         raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(data.train)} "
                           "training images; lower it or use more data")
@@ -345,11 +346,13 @@ class Trainer:
                     self.model.blocks[t - 1].load_state_dict(block_state)
                     self.block_opts[t - 1].load_state_dict(opt_state)
 
+    @property
+    def eval_kw(self) -> dict:
+        return dict(batch_size=self.cfg.eval_batch_size, channels_last=self.cfg.channels_last,
+                    autocast_dtype=torch.bfloat16 if self.cfg.precision == "bf16" else None)
+
     def validate(self) -> float:
-        acc = accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed,
-                            batch_size=self.cfg.eval_batch_size, channels_last=self.cfg.channels_last,
-                            autocast_dtype=torch.bfloat16 if self.cfg.precision == "bf16" else None)
-        return acc[0]
+        return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed, **self.eval_kw)[0]
 
     def fit(self, resume: bool = False, log=print, stop=None) -> dict:
         """Train until cfg.epochs (or until stop(history entry) is true, single process)."""
@@ -365,8 +368,12 @@ class Trainer:
             best = val > self.best_val
             if best:
                 self.best_val = val
-            self.history.append({"epoch": self.epoch, **stats, "val_acc": val, "train_seconds": train_s,
-                                 "seconds": time.perf_counter() - t0})
+            entry = {"epoch": self.epoch, **stats, "val_acc": val, "train_seconds": train_s}
+            if self.cfg.test_curve:  # for plots only: selection never looks at it
+                entry["test_acc"] = accuracy_runs(self.model, self.data.test, runs=1, seed=self.cfg.seed,
+                                                  **self.eval_kw)[0]
+            entry["seconds"] = time.perf_counter() - t0
+            self.history.append(entry)
             self.save(best)
             if log:
                 losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
@@ -375,6 +382,25 @@ class Trainer:
             if stop is not None and stop(self.history[-1]):
                 break
         return {"epochs": self.epoch, "best_val": self.best_val}
+
+
+def train_and_evaluate(cfg: Config, data: Dataset, out, eval_runs: int = 5, resume: bool = False,
+                       quiet: bool = False, dist: Dist = SINGLE, log=print, t0: float | None = None) -> dict | None:
+    """Train (or finish training) the run in `out`, then the final model's test accuracy over
+    `eval_runs` inference runs, written to result.json. Returns the result (None on ranks > 0)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    trainer = Trainer(cfg, data, out, quiet=quiet, dist=dist)
+    summary = trainer.fit(resume=resume, log=log if dist.main else None)
+    if not dist.main:
+        return None
+    accs = accuracy_runs(trainer.model, data.test, runs=eval_runs, seed=0, **trainer.eval_kw)
+    m, se = mean_se(accs)
+    result = {"test_acc_mean": m, "test_acc_se": se, "test_acc_runs": accs, "epochs": summary["epochs"],
+              "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
+              "train_seconds": sum(h["train_seconds"] for h in trainer.history),
+              "model": "final epoch", "threads": torch.get_num_threads(), "torch": torch.__version__}
+    checkpoint.atomic_write_text(Path(out) / RESULT, json.dumps(result, indent=2))
+    return result
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, Config, dict]:
