@@ -10,8 +10,9 @@ are shared"). Three training orders:
               crosses blocks, each block gets exactly the gradient it would get from L_t alone.
 - ``random``: one block drawn uniformly per minibatch (the unbiased estimator of Eq. 58).
 
-Every epoch starts from RNG state derived from (seed, epoch), so a run resumed from a checkpoint
-draws the same data order and noise as an uninterrupted one.
+Every epoch (in the paper order: every block's pass) starts from RNG state derived from the seed,
+the epoch (and the block), so a run resumed from a checkpoint draws the same data order and noise as
+an uninterrupted one, and a block trains identically on whichever process owns it.
 
 A run folder holds config.json, metrics.jsonl (one line per epoch), last.safetensors (after every
 epoch), best.safetensors (best validation accuracy) and, once finished, result.json.
@@ -196,11 +197,16 @@ class Trainer:
 
     def save(self, best: bool) -> None:
         state = self.state()
-        checkpoint.save(self.out / LAST, state)
-        if best:
-            checkpoint.save(self.out / BEST, state)
-        lines = "".join(json.dumps(h) + "\n" for h in self.history)
-        checkpoint.atomic_write_text(self.out / METRICS, lines)
+        try:
+            checkpoint.save(self.out / LAST, state)
+            if best:
+                checkpoint.save(self.out / BEST, state)
+            lines = "".join(json.dumps(h) + "\n" for h in self.history)
+            checkpoint.atomic_write_text(self.out / METRICS, lines)
+        except OSError as e:  # a full disk, a quota, a vanished folder: the old files are intact
+            raise RunDirError(f"--out {self.out}: writing the epoch {self.epoch} checkpoint failed "
+                              f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
+                              "rerun with --resume") from e
 
     # --- one optimisation step ----------------------------------------------------------------
     def _step(self, loss: torch.Tensor | None, opts, where: str) -> None:

@@ -1,5 +1,6 @@
 """Crash safety with real processes: kill -9 at random moments, --resume, and the same weights."""
 
+import json
 import os
 import random
 import signal
@@ -50,3 +51,38 @@ def test_random_kills_then_resume_give_the_uninterrupted_weights(tmp_path):
     assert (out / "result.json").exists()
     leftovers = [f.name for f in out.iterdir() if f.name.endswith(".tmp")]
     assert leftovers == [], leftovers
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """A write that fails (file-size limit: the disk 'fills' at 1 MB) stops the run with a clear
+    error, exit code 2, and the last good checkpoint untouched."""
+    import resource
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "noprop", *ARGS, "--out", str(out)]
+    args[args.index("--epochs") + 1] = "1"
+    assert subprocess.run(args, capture_output=True, timeout=600).returncode == 0
+    before = (out / "last.safetensors").read_bytes()
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    args[args.index("--epochs") + 1] = "2"
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    assert r.returncode == 2, r.stderr
+    assert "checkpoint failed" in r.stderr and "previous checkpoint is intact" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (out / "last.safetensors").read_bytes() == before
+    assert checkpoint.load(out / "last.safetensors")["epoch"] == 1
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    def metrics(name, seed):
+        out = tmp_path / name
+        args = [sys.executable, "-m", "noprop", *ARGS, "--out", str(out), "--seed", str(seed)]
+        args[args.index("--epochs") + 1] = "1"
+        assert subprocess.run(args, capture_output=True, timeout=600).returncode == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+    a, b, c = metrics("a", 0), metrics("b", 0), metrics("c", 1)
+    assert a == b
+    assert a != c
