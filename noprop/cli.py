@@ -176,10 +176,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         parallel.check_parallel(cfg, a.workers)
         return parallel.launch(a.workers, a.argv + ([] if a.out else ["--out", str(out)]), a.threads)
     parallel.check_parallel(cfg, d.world)
+    finished = False
     try:
-        return _train(a, cfg, out, d)
+        code = _train(a, cfg, out, d)
+        finished = True
+        return code
     finally:
-        parallel.shutdown()
+        parallel.shutdown(wait=finished)  # after an error, leave without waiting for the others
 
 
 def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> int:

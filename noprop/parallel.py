@@ -88,8 +88,20 @@ def init_from_env() -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-def shutdown() -> None:
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group together: ranks > 0 finish training before rank 0 has evaluated and
+    written the result, and a rank tearing down its connections while a peer still holds them can
+    abort inside gloo. So every rank first meets the others at a barrier (with a long timeout:
+    rank 0 may be evaluating), then all destroy the group."""
     if dist.is_initialized():
+        if wait:
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(hours=6))
+                else:
+                    dist.barrier()
+            except RuntimeError:
+                pass  # a peer is gone already; nothing left to wait for
         dist.destroy_process_group()
 
 
@@ -128,8 +140,9 @@ def _worker(rank: int, world: int, port: int, argv: list[str], threads: int) -> 
     code = main(argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    if code:
-        os._exit(code)  # a non-zero exit makes the launcher stop the other ranks
+    # leave at once, skipping interpreter teardown (where gloo's threads can abort the process);
+    # a non-zero exit makes the launcher stop the other ranks
+    os._exit(code or 0)
 
 
 def launch(world: int, argv: list[str], threads: int | None = None) -> int:
