@@ -227,3 +227,21 @@ def test_augment_keeps_shape_and_content_range():
     y = D.augment(x)
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     assert not torch.equal(x, y)
+
+
+def test_idx_image_label_count_mismatch_is_named(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "kmnist"
+    folder.mkdir()
+    files, mirrors = D.IDX_DATASETS["kmnist"]
+    arrays = {"train_images": rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+              "train_labels": rng.integers(0, 10, 49, dtype=np.uint8),  # one label short
+              "test_images": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+              "test_labels": rng.integers(0, 10, 20, dtype=np.uint8)}
+    specs = {}
+    for k, f in files.items():
+        write_idx(folder / f.name, arrays[k])
+        specs[k] = RemoteFile(f.name, hashlib.md5((folder / f.name).read_bytes()).hexdigest(), None, "md5")
+    monkeypatch.setitem(D.IDX_DATASETS, "kmnist", (specs, mirrors))
+    with pytest.raises(DataError, match="50 images but .*train-labels-idx1-ubyte.gz has 49 labels"):
+        D.load_dataset("kmnist", data_dir=tmp_path, val_size=5)
