@@ -155,6 +155,16 @@ def write_idx(path, arr):
         f.write(struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
 
 
+def install_idx(monkeypatch, name, folder, arrays):
+    """Write arrays as the dataset's four IDX files and make their md5 sums the expected ones."""
+    files, mirrors = D.IDX_DATASETS[name]
+    specs = {}
+    for k, f in files.items():
+        write_idx(folder / f.name, arrays[k])
+        specs[k] = RemoteFile(f.name, hashlib.md5((folder / f.name).read_bytes()).hexdigest(), None, "md5")
+    monkeypatch.setitem(D.IDX_DATASETS, name, (specs, mirrors))
+
+
 @pytest.mark.parametrize("name", ["fashion-mnist", "kmnist"])
 def test_other_idx_datasets(tmp_path, monkeypatch, name):
     rng = np.random.default_rng(0)
@@ -165,11 +175,7 @@ def test_other_idx_datasets(tmp_path, monkeypatch, name):
               "train_labels": rng.integers(0, 10, 50, dtype=np.uint8),
               "test_images": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
               "test_labels": rng.integers(0, 10, 20, dtype=np.uint8)}
-    specs = {}
-    for k, f in files.items():
-        write_idx(folder / f.name, arrays[k])
-        specs[k] = RemoteFile(f.name, hashlib.md5((folder / f.name).read_bytes()).hexdigest(), None, "md5")
-    monkeypatch.setitem(D.IDX_DATASETS, name, (specs, mirrors))
+    install_idx(monkeypatch, name, folder, arrays)
     d = D.load_dataset(name, data_dir=tmp_path, val_size=5)
     assert (len(d.train), len(d.val), len(d.test)) == (45, 5, 20) and d.image_shape == (1, 28, 28)
     # the real checksums are the published md5 sums: our random files do not pass them
@@ -233,15 +239,10 @@ def test_idx_image_label_count_mismatch_is_named(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     folder = tmp_path / "kmnist"
     folder.mkdir()
-    files, mirrors = D.IDX_DATASETS["kmnist"]
     arrays = {"train_images": rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
               "train_labels": rng.integers(0, 10, 49, dtype=np.uint8),  # one label short
               "test_images": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
               "test_labels": rng.integers(0, 10, 20, dtype=np.uint8)}
-    specs = {}
-    for k, f in files.items():
-        write_idx(folder / f.name, arrays[k])
-        specs[k] = RemoteFile(f.name, hashlib.md5((folder / f.name).read_bytes()).hexdigest(), None, "md5")
-    monkeypatch.setitem(D.IDX_DATASETS, "kmnist", (specs, mirrors))
+    install_idx(monkeypatch, "kmnist", folder, arrays)
     with pytest.raises(DataError, match="50 images but .*train-labels-idx1-ubyte.gz has 49 labels"):
         D.load_dataset("kmnist", data_dir=tmp_path, val_size=5)
