@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -19,24 +18,11 @@ from pathlib import Path
 
 import torch
 
+from noprop.bench import machine
 from noprop.checkpoint import atomic_write_text
 from noprop.config import Config
 from noprop.evaluate import accuracy_runs, mean_se
 from noprop.train import BEST, Trainer, load_data, load_model
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def main() -> None:

@@ -64,7 +64,6 @@ IDX_DATASETS = {
                                       "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/")),
     "kmnist": (KMNIST_FILES, ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",)),
 }
-MNIST_MIRRORS = IDX_DATASETS["mnist"][1]
 
 CIFAR = {  # name -> (tarball, folder inside it, train members, test member, label key, classes)
     "cifar10": (RemoteFile("cifar-10-python.tar.gz",

@@ -205,13 +205,19 @@ def _history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
 
 
-def plot_accuracy(results: list[dict], path: Path) -> None:
-    """Test accuracy (per-epoch curve, recorded for plotting only) against epochs and against
-    cumulative training seconds, one line per run, as the paper's Fig. 3."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); imported on first use
+    so the package works without the optional `report` extra until a figure is asked for."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_accuracy(results: list[dict], path: Path) -> None:
+    """Test accuracy (per-epoch curve, recorded for plotting only) against epochs and against
+    cumulative training seconds, one line per run, as the paper's Fig. 3."""
+    plt = _pyplot()
     datasets = sorted({r["dataset"] for r in results})
     fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.6 * len(datasets)), squeeze=False)
     for row, ds in zip(axes, datasets):
@@ -245,10 +251,7 @@ def plot_blocks(run_dir: Path, path: Path) -> bool:
     f = Path(run_dir) / "diagnostics.json"
     if not f.exists():
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     d = json.loads(f.read_text())
     t = list(range(1, len(d["block"]) + 1))
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -272,10 +275,7 @@ def plot_trajectory(run_dir: Path, path: Path) -> bool:
     f = Path(run_dir) / "trajectory.json"
     if not f.exists():
         return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     d = json.loads(f.read_text())
     labels = torch.tensor(d["labels"])
     steps = torch.tensor(d["steps"])  # [T+1, n, 2]: z_0 .. z_T
