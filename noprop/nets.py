@@ -12,6 +12,44 @@ import torch
 from torch import nn
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (same function as nn.Dropout) with cheaper random numbers on CPU.
+
+    Profiling a DT block step on CPU showed a third of its time in ``bernoulli_``, which draws one
+    32-bit number per element. Here one 64-bit draw gives four 16-bit lanes: an element is dropped
+    when its lane falls below round(p * 2^16), so the drop probability is p quantised to a multiple
+    of 1/65536 (0.2 -> 13107/65536 = 0.199997). The mask is laid out with the input's strides
+    (channels_last stays channels_last) and comes from torch's default generator, so
+    ``torch.manual_seed`` makes it reproducible as before. On CUDA nn.functional.dropout is used."""
+
+    LANES = 1 << 16
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(p * self.LANES) - self.LANES // 2  # in int16 units: lanes are signed
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+        lanes = words.view(torch.int16)[:n]
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        return lanes.as_strided(x.shape, x.stride()) >= self.threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, True)
+        return x * self.keep_mask(x) * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class ConvPath(nn.Module):
     """conv32 -> ReLU -> pool -> drop -> conv64 -> ReLU -> drop -> conv128 -> ReLU -> pool -> drop
     -> flatten -> FC256 -> (BatchNorm | ReLU).
@@ -25,9 +63,9 @@ class ConvPath(nn.Module):
         c, h, w = image_shape
         self.image_shape = tuple(image_shape)
         self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.Dropout(dropout),
-            nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2), Dropout(dropout),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), Dropout(dropout),
+            nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2), Dropout(dropout),
             nn.Flatten(),
         )
         # valid conv: -2; pool: floor(/2).  MNIST: 28->26->13->11->9->4 (flatten 2048);
@@ -130,15 +168,25 @@ class TimeNet(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(768, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
                                   nn.Linear(128, num_classes))
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The image path alone. It does not depend on z or t, so inference computes it once per
+        image and reuses it at every one of the N steps (in eval mode dropout is off, so this is
+        exact); N = 1000 then costs 1000 small MLP evaluations instead of 1000 conv passes."""
+        return self.image_path(x)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """features: image_features(x), when the caller has it already."""
+        if features is None:
+            features = self.image_path(x)
         if self.prototype:
             z = z.reshape(len(z), *self.image_shape)
-            if x.is_contiguous(memory_format=torch.channels_last):
+            if x is not None and x.is_contiguous(memory_format=torch.channels_last):
                 z = z.contiguous(memory_format=torch.channels_last)
         if t.ndim == 0:
-            t = t.expand(len(x))
-        temb = sinusoidal_embedding(t, self.time_dim).to(x.dtype)
-        return self.fuse(torch.cat([self.image_path(x), self.label_path(z), self.time_path(temb)], dim=1))
+            t = t.expand(len(z))
+        temb = sinusoidal_embedding(t, self.time_dim).to(features.dtype)
+        return self.fuse(torch.cat([features, self.label_path(z), self.time_path(temb)], dim=1))
 
 
 def count_parameters(module: nn.Module) -> int:

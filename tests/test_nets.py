@@ -38,3 +38,61 @@ def test_prototype_block_reads_label_as_image():
 def test_too_small_images_are_refused():
     with pytest.raises(ValueError, match="too small"):
         DTBlock((1, 10, 10), 10, 10)
+
+
+# --- the fast dropout (nets.Dropout) must be the same function as nn.Dropout ----------------------
+from noprop.nets import Dropout, TimeNet  # noqa: E402
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_drops_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = Dropout(p).train()(x)
+    dropped = (y == 0).float().mean().item()
+    # binomial s.e. at n = 4e5 is <= 0.0008; 5 s.e. would still catch a wrong threshold or lane
+    assert abs(dropped - p) < 0.004
+    values = torch.unique(y)
+    assert len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / (1 - p))
+    assert abs(y.mean().item() - 1.0) < 0.01
+
+
+def test_dropout_lanes_are_independent_and_follow_the_layout():
+    torch.manual_seed(1)
+    x = torch.ones(64, 32, 13, 13).contiguous(memory_format=torch.channels_last)
+    y = Dropout(0.2).train()(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    keep = (y != 0).float().reshape(-1)
+    # every one of the four 16-bit lanes of a 64-bit draw drops at the same rate, not only some
+    assert all(abs(1 - keep[k::4].mean().item() - 0.2) < 0.01 for k in range(4))
+    # neighbours are uncorrelated (a lane reused twice would correlate them)
+    a, b = keep[:-1] - keep.mean(), keep[1:] - keep.mean()
+    assert abs((a * b).mean().item()) / keep.var().item() < 0.02
+
+
+def test_dropout_gradient_is_the_mask_and_eval_is_identity():
+    torch.manual_seed(2)
+    drop = Dropout(0.2)
+    x = torch.randn(1000, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * 1.25)
+    drop.eval()
+    assert drop(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+def test_dropout_is_reproducible_from_the_seed_and_refuses_bad_p():
+    x = torch.ones(5000)
+    torch.manual_seed(3)
+    a = Dropout(0.2)(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, Dropout(0.2)(x))
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_time_net_cached_image_features_give_the_same_output():
+    net = TimeNet((1, 28, 28), 10, 10).eval()
+    z, x, t = torch.randn(4, 10), torch.randn(4, 1, 28, 28), torch.rand(4)
+    assert torch.allclose(net(z, x, t), net(z, x, t, features=net.image_features(x)), atol=1e-6)
