@@ -45,8 +45,8 @@ class NoPropCT(nn.Module):
         self.schedule = schedule or LearnedSchedule()
         self.head = nn.Linear(embedding.dim, self.num_classes)
 
-    def u_hat(self, z, x, t):
-        logits = self.net(z, x, t)
+    def u_hat(self, z, x, t, features=None):
+        logits = self.net(z, x, t, features)
         return logits, self.embed.mix(logits)
 
     def classify(self, z_1: torch.Tensor) -> torch.Tensor:
@@ -72,12 +72,13 @@ class NoPropCT(nn.Module):
                      solver: str | None = None) -> torch.Tensor:
         steps, solver = steps or self.steps, solver or self.solver
         z = self.embed.noise(len(x), generator, x.device)
+        feats = self.net.image_features(x)  # once per image, reused at every step
         grid = torch.linspace(0, 1, steps + 1, device=x.device)
         ab = self.schedule.alpha_bar(grid).double()
         if solver == "stochastic":
             a, b, c = (v.float() for v in posterior_coefficients(ab))
             for k in range(steps):
-                _, u_hat = self.u_hat(z, x, grid[k])
+                _, u_hat = self.u_hat(z, x, grid[k], feats)
                 z = a[k] * u_hat + b[k] * z
                 if noise:
                     z = z + c[k].sqrt() * torch.randn(z.shape, generator=generator, device=x.device)
@@ -90,7 +91,7 @@ class NoPropCT(nn.Module):
                 ab_t = self.schedule.alpha_bar(tt)
                 (dab,) = torch.autograd.grad(ab_t.sum(), tt)
             ab_t, dab = ab_t.detach().clamp(1e-6, 1 - 1e-6), dab.detach()
-            _, u_hat = self.u_hat(z, x, t)
+            _, u_hat = self.u_hat(z, x, t, feats)
             eps_hat = (z - ab_t.sqrt() * u_hat) / (1 - ab_t).sqrt()
             return dab / (2 * ab_t.sqrt()) * u_hat - dab / (2 * (1 - ab_t).sqrt()) * eps_hat
 

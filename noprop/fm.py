@@ -39,8 +39,8 @@ class NoPropFM(nn.Module):
                            prototype=embedding.kind == "prototype", dropout=dropout)
         self.head = nn.Linear(embedding.dim, self.num_classes)  # used only by the anchor CE
 
-    def velocity(self, z, x, t) -> torch.Tensor:
-        return self.embed.span(self.net(z, x, t))
+    def velocity(self, z, x, t, features=None) -> torch.Tensor:
+        return self.embed.span(self.net(z, x, t, features))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         u = self.embed(y)
@@ -64,7 +64,8 @@ class NoPropFM(nn.Module):
         """z_1 from z_0 ~ N(0, I). The flow is deterministic given z_0; `noise` is accepted for a
         common interface and has nothing further to drop."""
         z0 = self.embed.noise(len(x), generator, x.device)
-        return integrate(lambda t, z: self.velocity(z, x, t), z0, steps or self.steps, solver or self.solver)
+        feats = self.net.image_features(x)  # once per image, reused at every step
+        return integrate(lambda t, z: self.velocity(z, x, t, feats), z0, steps or self.steps, solver or self.solver)
 
     @torch.no_grad()
     def predict(self, x, noise: bool = True, generator=None, **kw) -> torch.Tensor:

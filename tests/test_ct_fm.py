@@ -155,7 +155,7 @@ def test_fm_predicts_nearest_embedding_of_the_integrated_flow():
     c = 7
     z0_holder = {}
 
-    def fake_velocity(z, x, t):
+    def fake_velocity(z, x, t, features=None):
         if float(t) == 0.0:
             z0_holder["z0"] = z.clone()
         return torch.eye(10)[c].expand_as(z) - z0_holder["z0"]
@@ -170,7 +170,7 @@ def test_ct_inference_with_a_perfect_denoiser_reaches_the_class(solver):
     """If u_hat always equals u_c, every CT sampler must end near sqrt(ab(1)) u_c."""
     m = NoPropCT(SHAPE, ClassEmbedding("one-hot", 10), steps=200, solver=solver)
     c = 3
-    m.u_hat = lambda z, x, t: (None, torch.eye(10)[c].expand_as(z))
+    m.u_hat = lambda z, x, t, features=None: (None, torch.eye(10)[c].expand_as(z))
     z1 = m.final_latent(torch.randn(64, *SHAPE), noise=True, generator=torch.Generator().manual_seed(0))
     ab1 = m.schedule.alpha_bar(torch.tensor(1.0)).item()
     assert (z1.argmax(-1) == c).all()
@@ -202,7 +202,8 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
     back-propagation through the same Euler steps by O(1/steps), and converges to it."""
     from torchdiffeq import odeint
     torch.manual_seed(0)
-    m = Adjoint(SHAPE, ClassEmbedding("one-hot", 10), steps=steps).double()
+    # dropout off here: the reference below recomputes the conv path at every step
+    m = Adjoint(SHAPE, ClassEmbedding("one-hot", 10), steps=steps, dropout=0.0).double()
     x, y = torch.randn(4, *SHAPE, dtype=torch.float64), torch.randint(0, 10, (4,))
     torch.manual_seed(5)
     m.loss(x, y)["loss"].backward()
@@ -217,3 +218,7 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
     a = torch.cat([adj[n].flatten() for n, _ in m.named_parameters()])
     b = torch.cat([p.grad.flatten() for _, p in m.named_parameters()])
     assert (a - b).norm() / b.norm() < tol
+    # the conv path, run once per batch, gets its gradient through the adjoint of its features
+    conv = m.net.image_path.features[0].weight
+    assert adj["net.image_path.features.0.weight"].norm() > 0
+    assert (adj["net.image_path.features.0.weight"] - conv.grad).norm() / conv.grad.norm() < tol
