@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -103,12 +104,25 @@ def make_optimizers(model: nn.Module, cfg: Config):
     opt_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
 
     def make(params):
-        return opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel for the whole update, about 10x faster than the per-tensor loop on
+        # CPU (3.2 ms -> 0.3 ms a DT block step); see match_layout for what it asks of a resume
+        return opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     if cfg.method != "dt":
         return [], make(model.parameters())
     block_opts = [make(b.parameters()) for b in model.blocks]
     shared = list(model.head.parameters()) + ([model.embed.weight] if model.embed.trainable else [])
     return block_opts, make(shared)
+
+
+def match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer state tensor its parameter's memory layout. A checkpoint stores
+    tensors contiguous, but a channels_last conv weight's moments must be channels_last too: the
+    fused Adam kernel walks parameter, gradient and moments as flat memory, so a layout mismatch
+    would pair the wrong elements (found by the resume-equals-uninterrupted test)."""
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -193,6 +207,8 @@ class Trainer:
         for o, s in zip(self.block_opts, state["block_opts"]):
             o.load_state_dict(s)
         self.shared_opt.load_state_dict(state["shared_opt"])
+        for o in self.block_opts + [self.shared_opt]:
+            match_layout(o)
         self.epoch, self.best_val, self.history = state["epoch"], state["best_val"], state["history"]
 
     def save(self, best: bool) -> None:
@@ -209,9 +225,20 @@ class Trainer:
                               "rerun with --resume") from e
 
     # --- one optimisation step ----------------------------------------------------------------
-    def _step(self, loss: torch.Tensor | None, opts, where: str) -> None:
-        """One optimizer step. loss None: this rank has no block to train at this step but still
-        takes part in averaging the shared parameters' gradients (block-parallel training)."""
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after `progress` epochs (a float) of cfg.epochs."""
+        if self.cfg.lr_schedule == "cosine":
+            return self.cfg.lr * (1 + math.cos(math.pi * min(progress / max(self.cfg.epochs, 1), 1.0))) / 2
+        return self.cfg.lr
+
+    def _step(self, loss: torch.Tensor | None, opts, where: str, frac: float = 0.0) -> None:
+        """One optimizer step, `frac` of the way through the current epoch (or block pass). loss
+        None: this rank has no block to train at this step but still takes part in averaging the
+        shared parameters' gradients (block-parallel training)."""
+        lr = self.lr_at(self.epoch + frac)
+        for o in opts:
+            for group in o.param_groups:
+                group["lr"] = lr
         bad = loss is not None and not bool(torch.isfinite(loss))
         message = (f"non-finite loss ({loss.item() if loss is not None else ''}) at {where}; the last "
                    f"good checkpoint in {self.out} is kept. Try a lower --lr.")
@@ -257,13 +284,14 @@ class Trainer:
         if cfg.method == "dt":
             return self._train_epoch_dt(e, gen)
         sums: dict[str, float] = {}
-        n = 0
-        bar = tqdm(total=len(self.data.train) // cfg.batch_size, desc=f"epoch {e}", leave=False,
+        n, n_batches = 0, len(self.data.train) // cfg.batch_size
+        bar = tqdm(total=n_batches, desc=f"epoch {e}", leave=False,
                    disable=self.quiet or None)
         for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
             with torch.autocast(**self.autocast):
                 parts = self.model.loss(self._x(x), y)
-            self._step(parts["loss"], [self.shared_opt], f"epoch {e}, step {step} ({cfg.method})")
+            self._step(parts["loss"], [self.shared_opt], f"epoch {e}, step {step} ({cfg.method})",
+                       step / n_batches)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             n += 1
@@ -298,13 +326,13 @@ class Trainer:
                                    torch.Generator().manual_seed(block_seed(cfg.seed, e, t)), drop_last=True)
                 for step in range(n_batches):
                     if t is None:
-                        self._step(None, [self.shared_opt], f"epoch {e}, idle step {step}")
+                        self._step(None, [self.shared_opt], f"epoch {e}, idle step {step}", step / n_batches)
                     else:
                         x, y = next(data)
                         with torch.autocast(**self.autocast):
                             parts = model.block_loss(t, self._x(x), y)
                         self._step(parts["loss"], [self.block_opts[t - 1], self.shared_opt],
-                                   f"epoch {e}, block {t}, step {step}")
+                                   f"epoch {e}, block {t}, step {step}", step / n_batches)
                         record([t], parts["l2"][None], parts["ce"])
                     bar.update()
             bar.close()
@@ -326,7 +354,8 @@ class Trainer:
                         parts = model.block_loss(t, x, y)
                         ts, loss, ce, l2 = [t], parts["loss"], parts["ce"], parts["l2"][None]
                         where = f"epoch {e}, block {t}, step {step}"
-                self._step(loss, [self.block_opts[t - 1] for t in ts] + [self.shared_opt], where)
+                self._step(loss, [self.block_opts[t - 1] for t in ts] + [self.shared_opt], where,
+                           step / n_batches)
                 record(ts, l2, ce)
                 bar.update()
             bar.close()
@@ -351,6 +380,7 @@ class Trainer:
                 for t, (block_state, opt_state) in part.items():
                     self.model.blocks[t - 1].load_state_dict(block_state)
                     self.block_opts[t - 1].load_state_dict(opt_state)
+                    match_layout(self.block_opts[t - 1])
 
     @property
     def eval_kw(self) -> dict:
@@ -361,7 +391,8 @@ class Trainer:
         return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed, **self.eval_kw)[0]
 
     def fit(self, resume: bool = False, log=print, stop=None) -> dict:
-        """Train until cfg.epochs (or until stop(history entry) is true, single process)."""
+        """Train until cfg.epochs, or until stop(history) is true after an epoch (single process;
+        history is the list of per-epoch entries, resumed ones included)."""
         self.prepare_dir(resume)
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
@@ -385,18 +416,20 @@ class Trainer:
                 losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
                 log(f"epoch {self.epoch}/{self.cfg.epochs}: {losses}  val acc {val:.2f}%  "
                     f"({train_s:.0f}s train)")
-            if stop is not None and stop(self.history[-1]):
+            if stop is not None and stop(self.history):
                 break
         return {"epochs": self.epoch, "best_val": self.best_val}
 
 
 def train_and_evaluate(cfg: Config, data: Dataset, out, eval_runs: int = 5, resume: bool = False,
-                       quiet: bool = False, dist: Dist = SINGLE, log=print, t0: float | None = None) -> dict | None:
+                       quiet: bool = False, dist: Dist = SINGLE, log=print, t0: float | None = None,
+                       stop=None) -> dict | None:
     """Train (or finish training) the run in `out`, then the final model's test accuracy over
-    `eval_runs` inference runs, written to result.json. Returns the result (None on ranks > 0)."""
+    `eval_runs` inference runs, written to result.json. Returns the result (None on ranks > 0).
+    stop: see Trainer.fit."""
     t0 = time.perf_counter() if t0 is None else t0
     trainer = Trainer(cfg, data, out, quiet=quiet, dist=dist)
-    summary = trainer.fit(resume=resume, log=log if dist.main else None)
+    summary = trainer.fit(resume=resume, log=log if dist.main else None, stop=stop)
     if not dist.main:
         return None
     accs = accuracy_runs(trainer.model, data.test, runs=eval_runs, seed=0, **trainer.eval_kw)

@@ -1,6 +1,7 @@
 """Checkpoints (safe, atomic, round-trip), resume, the divergence guard and the run folder."""
 
 import copy
+import math
 import os
 import pickle
 
@@ -161,3 +162,27 @@ def test_every_embedding_head_and_order_trains_and_reloads(tmp_path, mnist, embe
     model, _, _ = load_model(tmp_path / "r" / LAST)
     val = tiny(mnist).val
     assert torch.equal(predict(model, val, seed=2), predict(tr.model, val, seed=2))
+
+
+def test_cosine_lr_schedule_closed_form_and_applied(tmp_path, mnist):
+    tr = Trainer(tiny_cfg(epochs=2, lr=1e-3, lr_schedule="cosine"), tiny(mnist), tmp_path / "run", quiet=True)
+    assert tr.lr_at(0) == pytest.approx(1e-3)
+    assert tr.lr_at(1) == pytest.approx(0.5e-3)            # half-way through 2 epochs: lr / 2
+    assert tr.lr_at(0.5) == pytest.approx(1e-3 * (1 + 2 ** -0.5) / 2)
+    assert tr.lr_at(2) == pytest.approx(0.0, abs=1e-15)
+    tr.fit(log=None)
+    # the last step of 2 x 8 batches ran at progress 15/16 of the way: lr (1 + cos(15 pi / 16)) / 2
+    last = tr.block_opts[0].param_groups[0]["lr"]
+    assert last == pytest.approx(1e-3 * (1 + math.cos(15 / 16 * math.pi)) / 2)
+    assert tr.shared_opt.param_groups[0]["lr"] == last
+    const = Trainer(tiny_cfg(lr=2e-3), tiny(mnist), tmp_path / "const", quiet=True)
+    assert const.lr_at(0.7) == 2e-3
+    with pytest.raises(ConfigError, match="--lr-schedule"):
+        tiny_cfg(lr_schedule="linear").validate()
+
+
+def test_fit_stops_when_told_with_the_whole_history(tmp_path, mnist):
+    tr = Trainer(tiny_cfg(epochs=5), tiny(mnist), tmp_path / "run", quiet=True)
+    seen = []
+    tr.fit(log=None, stop=lambda h: seen.append(len(h)) or len(h) >= 2)
+    assert tr.epoch == 2 and seen == [1, 2]
