@@ -190,25 +190,29 @@ def workers_throughput(world: int, T: int = 10, n_train: int = 2048, epochs: int
 
 
 def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
-                     order: str = "paper", out: str | None = None, eval_runs: int = 5) -> dict:
+                     order: str = "paper", out: str | None = None, eval_runs: int = 5,
+                     epochs: int | None = None, lr_schedule: str = "constant") -> dict:
     """NoProp-DT on all of MNIST: wall seconds from start (data loading included) until the
     validation accuracy first reaches `target`, checked after every epoch, or until the budget is
-    spent; then the test accuracy of that model (mean +- s.e. over inference runs)."""
+    spent (or `epochs` are done: a cosine schedule needs a planned length); then the test accuracy
+    of the model at that moment (mean +- s.e. over inference runs), and the wall time with it."""
     from .evaluate import accuracy_runs, mean_se
     from .train import Trainer, load_data
     t0 = time.perf_counter()
-    cfg = Config(precision=precision, order=order, epochs=10 ** 6)
+    cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule).validate()
     data = load_data(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, data, out or f"{tmp}/run", quiet=True)
-        tr.fit(log=lambda s: print(s, flush=True),
-               stop=lambda h: h["val_acc"] >= target or time.perf_counter() - t0 > 60 * budget_minutes)
-    wall = time.perf_counter() - t0
+        tr.fit(log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", flush=True),
+               stop=lambda h: h[-1]["val_acc"] >= target or time.perf_counter() - t0 > 60 * budget_minutes)
+    train_wall = time.perf_counter() - t0
     reached = tr.history[-1]["val_acc"] >= target
     test = accuracy_runs(tr.model, data.test, runs=eval_runs,
                          autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
-    return {"target_val_acc": target, "reached": reached, "wall_seconds": wall, "epochs": tr.epoch,
-            "val_acc": tr.history[-1]["val_acc"], "precision": precision, "order": order,
+    return {"target_val_acc": target, "reached": reached, "wall_seconds": train_wall,
+            "wall_seconds_with_test": time.perf_counter() - t0, "epochs": tr.epoch,
+            "val_acc": tr.history[-1]["val_acc"], "val_curve": [h["val_acc"] for h in tr.history],
+            "precision": precision, "order": order, "lr_schedule": lr_schedule, "planned_epochs": epochs,
             "test_acc_mean": mean_se(test)[0], "test_acc_se": mean_se(test)[1], "test_acc_runs": test}
 
 
@@ -240,10 +244,14 @@ def markdown(results: dict) -> str:
                          f"{r['process_peak_mb']:.0f} | {ratio} |")
         lines.append("")
     if results.get("tta"):
-        lines += ["| precision | target val acc | reached | wall (s) | epochs | val acc | test acc |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| precision | lr schedule | target val acc | reached | wall to stop (s) | wall incl. test (s) | "
+                  "epochs | val acc | test acc |", "|---|---|---|---|---|---|---|---|---|"]
         for r in results["tta"]:
-            lines.append(f"| {r['precision']} | {r['target_val_acc']} | {r['reached']} | {r['wall_seconds']:.0f} | "
+            sched = r.get("lr_schedule", "constant")
+            if r.get("planned_epochs"):
+                sched += f" over {r['planned_epochs']} ep"
+            lines.append(f"| {r['precision']} | {sched} | {r['target_val_acc']} | {r['reached']} | "
+                         f"{r['wall_seconds']:.0f} | {r.get('wall_seconds_with_test', float('nan')):.0f} | "
                          f"{r['epochs']} | {r['val_acc']:.2f} | {r['test_acc_mean']:.2f} +- {r['test_acc_se']:.2f} |")
         lines.append("")
     if results.get("workers"):
@@ -258,7 +266,7 @@ def markdown(results: dict) -> str:
 
 def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "bf16"),
         methods=("dt", "ct", "fm", "backprop"), workers=(1, 2), target: float = 99.0,
-        budget_minutes: float = 10.0) -> dict:
+        budget_minutes: float = 10.0, tta_epochs: int | None = None, lr_schedule: str = "constant") -> dict:
     results: dict = {"machine": machine(), "command": " ".join(sys.argv)}
     if "throughput" in what:
         results["peak"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -273,7 +281,8 @@ def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "
     if "workers" in what:
         results["workers"] = [workers_throughput(w) for w in workers]
     if "tta" in what:
-        results["tta"] = [time_to_accuracy(target, budget_minutes, p) for p in precisions]
+        results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule)
+                          for p in precisions]
     md = markdown(results)
     print(md)
     if out:

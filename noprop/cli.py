@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoint, parallel
 from .checkpoint import CheckpointError
-from .config import METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
+from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
 from .dt import HEADS
 from .embedding import KINDS
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--batch-size", type=int)
     opt("--optimizer", choices=OPTIMIZERS, help="None means Table 3's choice for the method")
     opt("--lr", type=float)
+    opt("--lr-schedule", choices=LR_SCHEDULES, help="constant (the paper) or cosine decay to 0 over --epochs")
     opt("--weight-decay", type=float)
     opt("-T", "--T", type=int, help="number of blocks (DT, backprop)")
     opt("--eta", type=float, help="None means the paper's: DT 0.1, CT 1")
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--budget-hours", type=float, default=2.0, help="no new cell starts after this long")
     rp.add_argument("--out", default="report", help="report folder (its runs/ holds one folder per cell)")
     rp.add_argument("--epochs", type=int, help="override every preset's epochs (the report shows those run)")
+    rp.add_argument("--cell-minutes", type=float, help="stop a cell's training after the first epoch that "
+                    "brings its training time past this (the same wall budget for every method; the report "
+                    "shows the epochs run)")
     rp.add_argument("--steps", type=int, help="override the inference steps of CT / FM / adjoint")
     rp.add_argument("--train-subset", type=int)
     rp.add_argument("--val-subset", type=int)
@@ -137,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--target", type=float, default=99.0, help="tta: validation accuracy to reach (%%)")
     bn.add_argument("--budget-minutes", type=float, default=10.0, help="tta: give up after this long")
     bn.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
+    bn.add_argument("--tta-epochs", type=int, help="tta: planned epochs (needed by --lr-schedule cosine)")
+    bn.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help="tta: learning-rate schedule")
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per throughput row")
     bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
@@ -255,8 +261,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         Config(dataset=ds, **overrides).validate()
     if a.eval_runs < 1:
         raise ConfigError("--eval-runs: must be >= 1")
+    if a.cell_minutes is not None and a.cell_minutes <= 0:
+        raise ConfigError(f"--cell-minutes: must be > 0, got {a.cell_minutes}")
     cells = reproduce.run_grid(a.datasets, a.methods, a.embeddings, a.seeds, a.out, a.budget_hours, overrides,
-                               a.eval_runs, a.data_dir, a.download)
+                               a.eval_runs, a.data_dir, a.download, cell_minutes=a.cell_minutes)
     memory = None
     if a.memory:
         done = sorted({(c["dataset"], c["method"]) for c in cells if c.get("status") == "done"})
@@ -271,8 +279,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
     if a.steps < 1:
         raise ConfigError("--steps: must be >= 1")
+    if a.lr_schedule == "cosine" and not a.tta_epochs:
+        raise ConfigError("--lr-schedule cosine: give --tta-epochs, the length the schedule decays over")
     bench.run(a.what, a.out, steps=a.steps, precisions=tuple(a.precision), target=a.target,
-              budget_minutes=a.budget_minutes)
+              budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule)
     return 0
 
 

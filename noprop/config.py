@@ -13,6 +13,7 @@ METHODS = ("dt", "ct", "fm", "backprop", "adjoint")
 OPTIMIZERS = ("adamw", "adam")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,8 @@ class Config:
                                     # Adam for CT, FM)
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"   # constant (the paper) | cosine: lr * (1 + cos(pi * progress)) / 2,
+                                    # progress = fraction of cfg.epochs done, for short fixed budgets
     weight_decay: float = 1e-3
     order: str = "paper"            # paper: block by block each epoch | all: every block each batch
                                     # | random: one random block each batch
@@ -91,6 +94,8 @@ class Config:
         need(self.batch_size >= 2, "batch_size", f"must be >= 2 (BatchNorm needs two examples), got "
              f"{self.batch_size}")
         need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"unknown schedule {self.lr_schedule!r}; "
+             f"choose one of {', '.join(LR_SCHEDULES)}")
         need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         need(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
         need(self.posterior_sigma > 0, "posterior_sigma", f"must be > 0, got {self.posterior_sigma}")

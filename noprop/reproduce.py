@@ -46,7 +46,10 @@ def dt_trajectory(model, split, n: int = 500, seed: int = 0) -> dict:
 
 
 def run_grid(datasets, methods, embeddings, seeds, out, budget_hours: float, overrides: dict,
-             eval_runs: int = 5, data_dir=None, allow_download: bool = False, log=print) -> list[dict]:
+             eval_runs: int = 5, data_dir=None, allow_download: bool = False, log=print,
+             cell_minutes: float | None = None) -> list[dict]:
+    """cell_minutes: a cell stops training after the first epoch that brings its total training time
+    (resumed epochs included) past this; the preset's epochs stay the upper limit."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -81,9 +84,13 @@ def run_grid(datasets, methods, embeddings, seeds, out, budget_hours: float, ove
                     except DataError as e:
                         cell["status"] = f"skipped: data not available ({str(e).splitlines()[0]})"
                         continue
-                    log(f"[{name}] training ({cfg.epochs} epochs)")
+                    log(f"[{name}] training ({cfg.epochs} epochs" +
+                        (f", at most {cell_minutes} min)" if cell_minutes else ")"))
+                    stop = None
+                    if cell_minutes is not None:
+                        stop = lambda h: sum(e["train_seconds"] for e in h) >= 60 * cell_minutes  # noqa: E731
                     res = train_and_evaluate(cfg, data, run_dir, eval_runs=eval_runs, resume=True, quiet=True,
-                                             log=lambda s, n=name: log(f"[{n}] {s}"))
+                                             log=lambda s, n=name: log(f"[{n}] {s}"), stop=stop)
                     if method == "dt":
                         model, _, _ = load_model(run_dir / LAST)
                         atomic_write_text(run_dir / "diagnostics.json", json.dumps(

@@ -47,3 +47,17 @@ def test_budget_spent_skips_with_reason(tmp_path):
                   "--budget-hours", "0", "--out", str(tmp_path / "rep"), "--no-memory")
     assert r.returncode == 0, r.stderr
     assert "time budget" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_cell_minutes_stop_each_cell_after_the_epoch_that_spends_them(tmp_path):
+    out = tmp_path / "rep"
+    r = reproduce("--datasets", "mnist", "--methods", "dt", "ct", "--embeddings", "one-hot", "--seeds", "0",
+                  "--epochs", "3", "--cell-minutes", "0.0001", "--steps", "3", "--train-subset", "256",
+                  "--val-subset", "64", "--test-subset", "200", "--eval-runs", "1", "--offline",
+                  "--out", str(out), "--no-memory")
+    assert r.returncode == 0, r.stderr
+    for cell in ("mnist-dt-one-hot-s0", "mnist-ct-one-hot-s0"):
+        assert json.loads((out / "runs" / cell / "result.json").read_text())["epochs"] == 1
+    assert ", 1 ep" in (out / "report.md").read_text()
+    bad = reproduce("--methods", "dt", "--cell-minutes", "0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--cell-minutes" in bad.stderr
