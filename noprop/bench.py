@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import device
 from .checkpoint import atomic_write_text
 from .config import Config
 from .train import build_model, make_optimizers
@@ -36,30 +37,33 @@ SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnis
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
 
 
-def machine() -> dict:
+def machine(dev=None) -> dict:
     cpu = platform.processor() or "unknown"
-    flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
+                break
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "bf16_native": "avx512_bf16" in flags or "amx_bf16" in flags}
+            "bf16_native": device.bf16_native(torch.device("cpu")),
+            "device": str(dev or "cpu"),
+            "gpu": torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else None}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, dev=None) -> float:
     """Measured GFLOP/s of an n x n matrix multiply in dtype."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    dev = dev or torch.device("cpu")
+    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
     a @ b
+    device.synchronize(dev)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
+    device.synchronize(dev)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -84,19 +88,20 @@ def forward_flops(module: nn.Module, *inputs) -> int:
     return total
 
 
-def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch: int):
+def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch: int, dev=None):
+    dev = dev or torch.device("cpu")
     shape, m = SHAPES[dataset]
     cfg = Config(method=method, dataset="mnist", precision=precision, channels_last=channels_last,
                  batch_size=batch, steps=10).validate()
     torch.manual_seed(0)
-    model = build_model(cfg, shape, m)
+    model = build_model(cfg, shape, m).to(dev)
     model.train()
     block_opts, shared_opt = make_optimizers(model, cfg)
-    x = torch.randn(batch, *shape)
+    x = torch.randn(batch, *shape, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, m, (batch,))
-    autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    y = torch.randint(0, m, (batch,), device=dev)
+    autocast = device.autocast(dev, precision)
     if method == "dt":  # one block's update, the unit of NoProp-DT training, cycling through blocks
         counter = iter(range(10 ** 9))
 
@@ -112,7 +117,7 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
                 o.step()
         blocks_per_step = 1
         block = model.blocks[0]
-        flops = forward_flops(block, torch.zeros(batch, model.embed.dim), x) // batch
+        flops = forward_flops(block, torch.zeros(batch, model.embed.dim, device=dev), x) // batch
     else:
         def step():
             with torch.autocast(**autocast):
@@ -122,21 +127,25 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
             shared_opt.step()
         if method == "backprop":
             blocks_per_step = cfg.T
-            flops = cfg.T * forward_flops(model.blocks[0], torch.zeros(batch, model.embed.dim), x) // batch
+            flops = cfg.T * forward_flops(model.blocks[0], torch.zeros(batch, model.embed.dim, device=dev), x) // batch
         else:
             blocks_per_step = 1
-            flops = forward_flops(model.net, torch.zeros(batch, model.embed.dim), x, torch.zeros(batch)) // batch
+            flops = forward_flops(model.net, torch.zeros(batch, model.embed.dim, device=dev), x,
+                                  torch.zeros(batch, device=dev)) // batch
     return step, blocks_per_step, flops
 
 
 def throughput(method: str, dataset: str = "mnist", precision: str = "fp32", channels_last: bool = True,
-               batch: int = 128, steps: int = 20, warmup: int = 3) -> dict:
-    step, blocks_per_step, flops = _setup(method, dataset, precision, channels_last, batch)
+               batch: int = 128, steps: int = 20, warmup: int = 3, dev=None) -> dict:
+    dev = dev or torch.device("cpu")
+    step, blocks_per_step, flops = _setup(method, dataset, precision, channels_last, batch, dev)
     for _ in range(warmup):
         step()
+    device.synchronize(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    device.synchronize(dev)
     dt = time.perf_counter() - t0
     bs = batch * blocks_per_step * steps / dt
     per_block = flops // blocks_per_step
@@ -152,21 +161,29 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def memory_child(method: str, dataset: str, precision: str, steps: int) -> dict:
-    """Runs inside a fresh process: peak RSS growth from training `steps` steps."""
-    step, _, _ = _setup(method, dataset, precision, True, 128)
-    before = _rss_kb("VmRSS")
+def memory_child(method: str, dataset: str, precision: str, steps: int, device_name: str = "cpu") -> dict:
+    """Runs inside a fresh process: peak RSS growth from training `steps` steps (on CUDA: peak
+    allocated GPU memory above the same point)."""
+    dev = device.resolve(device_name)
+    step, _, _ = _setup(method, dataset, precision, True, 128, dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        before = torch.cuda.memory_allocated(dev) / 1024
+        torch.cuda.reset_peak_memory_stats(dev)
+    else:
+        before = _rss_kb("VmRSS")
     for _ in range(steps):
         step()
-    peak = _rss_kb("VmHWM")
-    return {"method": method, "dataset": dataset, "precision": precision,
+    peak = torch.cuda.max_memory_allocated(dev) / 1024 if dev.type == "cuda" else _rss_kb("VmHWM")
+    return {"method": method, "dataset": dataset, "precision": precision, "device": str(dev),
             "train_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
 
 
-def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11) -> dict:
+def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11,
+           device_name: str = "cpu") -> dict:
     """11 steps: NoProp-DT visits every block once (all optimizer states exist), plus one."""
     code = ("import json,sys; from noprop.bench import memory_child; "
-            f"print(json.dumps(memory_child({method!r}, {dataset!r}, {precision!r}, {steps})))")
+            f"print(json.dumps(memory_child({method!r}, {dataset!r}, {precision!r}, {steps}, {device_name!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"memory measurement of {method} failed:\n{r.stderr}")
@@ -191,7 +208,7 @@ def workers_throughput(world: int, T: int = 10, n_train: int = 2048, epochs: int
 
 def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
                      order: str = "paper", out: str | None = None, eval_runs: int = 5,
-                     epochs: int | None = None, lr_schedule: str = "constant") -> dict:
+                     epochs: int | None = None, lr_schedule: str = "constant", device_name: str = "auto") -> dict:
     """NoProp-DT on all of MNIST: wall seconds from start (data loading included) until the
     validation accuracy first reaches `target`, checked after every epoch, or until the budget is
     spent (or `epochs` are done: a cosine schedule needs a planned length); then the test accuracy
@@ -199,7 +216,8 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     from .evaluate import accuracy_runs, mean_se
     from .train import Trainer, load_data
     t0 = time.perf_counter()
-    cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule).validate()
+    cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
+                 device=device_name).validate()
     data = load_data(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, data, out or f"{tmp}/run", quiet=True)
@@ -219,7 +237,7 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, "
-             f"native bf16: {m['bf16_native']}", ""]
+             f"native bf16: {m['bf16_native']}" + (f"; GPU: {m['gpu']} ({m['device']})" if m.get("gpu") else ""), ""]
     if results.get("peak"):
         p = results["peak"]
         lines += [f"Measured matmul peak: fp32 {p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s", ""]
@@ -266,23 +284,25 @@ def markdown(results: dict) -> str:
 
 def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "bf16"),
         methods=("dt", "ct", "fm", "backprop"), workers=(1, 2), target: float = 99.0,
-        budget_minutes: float = 10.0, tta_epochs: int | None = None, lr_schedule: str = "constant") -> dict:
-    results: dict = {"machine": machine(), "command": " ".join(sys.argv)}
+        budget_minutes: float = 10.0, tta_epochs: int | None = None, lr_schedule: str = "constant",
+        device_name: str = "auto") -> dict:
+    dev = device.resolve(device_name)
+    results: dict = {"machine": machine(dev), "command": " ".join(sys.argv)}
     if "throughput" in what:
-        results["peak"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+        results["peak"] = {"fp32": matmul_peak(torch.float32, dev=dev), "bf16": matmul_peak(torch.bfloat16, dev=dev)}
         rows = []
         for prec in precisions:
             for method in methods:
-                rows.append(throughput(method, "mnist", prec, steps=steps))
-            rows.append(throughput("dt", "cifar10", prec, steps=steps))
+                rows.append(throughput(method, "mnist", prec, steps=steps, dev=dev))
+            rows.append(throughput("dt", "cifar10", prec, steps=steps, dev=dev))
         results["throughput"] = rows
     if "memory" in what:
-        results["memory"] = [memory(m, "mnist", "fp32") for m in methods]
+        results["memory"] = [memory(m, "mnist", "fp32", device_name=str(dev)) for m in methods]
     if "workers" in what:
         results["workers"] = [workers_throughput(w) for w in workers]
     if "tta" in what:
-        results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule)
-                          for p in precisions]
+        results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule,
+                                           device_name=str(dev)) for p in precisions]
     md = markdown(results)
     print(md)
     if out:

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--val-subset", type=int, help="validate on a seeded subset of the held-out images")
     opt("--test-subset", type=int, help="smoke runs only: test on a fixed subset of the test set")
     opt("--precision", choices=PRECISIONS)
+    opt("--device", help="auto (CUDA if torch sees a GPU, else CPU) | cpu | cuda | cuda:N")
     tr.add_argument("--augment", action="store_true", default=S,
                     help="random crop (padding 4) and horizontal flip while training (the paper used none)")
     tr.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, help="inference steps for CT / FM / adjoint (default: the run's)")
     ev.add_argument("--solver", help="CT: stochastic | euler | heun; FM: euler | heun (default: the run's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _data_args(ev)
 
     sub.add_parser("presets", help="list the paper's configurations (Table 3) as named presets")
@@ -140,18 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tta: time to a validation accuracy on full MNIST (minutes per precision)")
     bn.add_argument("--target", type=float, default=99.0, help="tta: validation accuracy to reach (%%)")
     bn.add_argument("--budget-minutes", type=float, default=10.0, help="tta: give up after this long")
-    bn.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
+    bn.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     bn.add_argument("--tta-epochs", type=int, help="tta: planned epochs (needed by --lr-schedule cosine)")
     bn.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help="tta: learning-rate schedule")
     bn.add_argument("--steps", type=int, default=20, help="timed training steps per throughput row")
     bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
 
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
     dg.add_argument("--split", default="val", choices=("test", "val"))
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--json", action="store_true")
+    dg.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _data_args(dg)
     return ap
 
@@ -177,7 +181,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
     out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
-    d = parallel.init_from_env()
+    d = parallel.init_from_env(cfg.device)
     if a.workers > 1 and not d.active:  # this process launches the workers and waits for them
         parallel.check_parallel(cfg, a.workers)
         return parallel.launch(a.workers, a.argv + ([] if a.out else ["--out", str(out)]), a.threads)
@@ -208,7 +212,7 @@ def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> i
 
 
 def _load_for_eval(a: argparse.Namespace):
-    model, cfg, _ = load_model(a.checkpoint)
+    model, cfg, _ = load_model(a.checkpoint, a.device)
     data = load_data(cfg, a.data_dir, a.download)
     return model, cfg, getattr(data, a.split)
 
@@ -282,7 +286,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.lr_schedule == "cosine" and not a.tta_epochs:
         raise ConfigError("--lr-schedule cosine: give --tta-epochs, the length the schedule decays over")
     bench.run(a.what, a.out, steps=a.steps, precisions=tuple(a.precision), target=a.target,
-              budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule)
+              budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
+              device_name=a.device)
     return 0
 
 

@@ -12,7 +12,7 @@ from .embedding import KINDS as EMBEDDINGS
 METHODS = ("dt", "ct", "fm", "backprop", "adjoint")
 OPTIMIZERS = ("adamw", "adam")
 ORDERS = ("paper", "all", "random")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -49,7 +49,11 @@ class Config:
     train_subset: int | None = None  # train on a seeded subset of this many images (quick runs)
     val_subset: int | None = None
     test_subset: int | None = None  # smoke runs only: evaluate on a seeded subset of the test set
-    precision: str = "fp32"         # fp32 | bf16 (autocast; CPUs with native bf16, or CUDA)
+    precision: str = "auto"         # auto | fp32 | bf16 (autocast). auto: bf16 where the device does
+                                    # bf16 natively (AVX-512 BF16 / AMX CPUs, CUDA GPUs that support
+                                    # it), else fp32; see device.resolve_precision
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (see device.py); not part of a run's
+                                    # identity: a run may resume on another device
     channels_last: bool = True      # same maths, faster convolutions on CPU
     augment: bool = False           # random crop (pad 4) + horizontal flip; the paper used none
     eval_batch_size: int = 1000
@@ -59,6 +63,7 @@ class Config:
     def validate(self) -> "Config":
         """Check every field and fill the method-dependent defaults (eta, optimizer)."""
         from .data import DATASETS, is_npz
+        from .device import valid_name as valid_device
         from .dt import HEADS
 
         def need(cond: bool, option: str, msg: str):
@@ -85,6 +90,8 @@ class Config:
              f"choose one of {', '.join(EMBEDDINGS)}")
         need(self.head in HEADS, "head", f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         need(self.order in ORDERS, "order", f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
+        need(valid_device(self.device), "device", f"unknown device {self.device!r}; choose auto, cpu, cuda "
+             "or cuda:N")
         need(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose "
              f"one of {', '.join(PRECISIONS)}")
         need(isinstance(self.T, int) and self.T >= 1, "T", f"must be an integer >= 1, got {self.T}")
@@ -120,7 +127,7 @@ class Config:
             raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
         return cls(**d).validate()  # also fills defaults that older config files lack
 
-    def differences(self, other: "Config", ignore=("epochs",)) -> list[str]:
-        """Fields that differ (a resumed run may only extend the number of epochs)."""
+    def differences(self, other: "Config", ignore=("epochs", "device")) -> list[str]:
+        """Fields that differ (a resumed run may extend the number of epochs, or move device)."""
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in ignore and a[k] != b[k]]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import randn
 from .embedding import ClassEmbedding
 from .nets import TimeNet
 from .ode import integrate
@@ -81,7 +82,7 @@ class NoPropCT(nn.Module):
                 _, u_hat = self.u_hat(z, x, grid[k], feats)
                 z = a[k] * u_hat + b[k] * z
                 if noise:
-                    z = z + c[k].sqrt() * torch.randn(z.shape, generator=generator, device=x.device)
+                    z = z + c[k].sqrt() * randn(z.shape, generator, x.device)
             return z
 
         def velocity(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

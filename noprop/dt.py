@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import randn
 from .embedding import ClassEmbedding
 from .nets import DTBlock
 from .schedule import CosineSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
@@ -106,7 +107,7 @@ class NoPropDT(nn.Module):
             logits, u_hat = self.u_hat(t, z, x)
             z = self.coef_a[t - 1] * u_hat + self.coef_b[t - 1] * z
             if noise:
-                eps = torch.randn(z.shape, generator=generator, device=x.device)
+                eps = randn(z.shape, generator, x.device)
                 z = z + self.coef_c[t - 1].sqrt() * eps
             yield t, z, logits
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .device import randn
+
 KINDS = ("one-hot", "learned", "prototype")
 
 
@@ -52,7 +54,7 @@ class ClassEmbedding(nn.Module):
 
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """z_0 ~ N(0, I) in the embedding space: where every method's inference starts."""
-        return torch.randn(n, self.dim, generator=generator, device=device, dtype=self.weight.dtype)
+        return randn((n, self.dim), generator, device or self.weight.device, self.weight.dtype)
 
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
         """softmax(logits) @ W: the DT/CT/backprop block output u_hat, a convex combination of

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .data import Split
+from .device import randn
 from .dt import NoPropDT
 from .schedule import q_sample
 
@@ -29,9 +30,9 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(var / n)
 
 
-def _eval_batches(split: Split, batch_size: int, channels_last: bool):
+def _eval_batches(split: Split, batch_size: int, channels_last: bool, device=None):
     for i in range(0, len(split), batch_size):
-        x = split.x[i:i + batch_size]
+        x = split.x[i:i + batch_size].to(device or "cpu")
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x
@@ -44,11 +45,12 @@ def predict(model: nn.Module, split: Split, noise: bool = True, seed: int = 0,
     """Predicted labels for every image of a split. Takes the images only: labels never enter.
     predict_kw (steps, solver) go to the model's own predict (CT, FM, adjoint)."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
     preds = []
-    for x in _eval_batches(split, batch_size, channels_last):
-        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            preds.append(model.predict(x, noise=noise, generator=gen, **predict_kw))
+    for x in _eval_batches(split, batch_size, channels_last, dev):
+        with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            preds.append(model.predict(x, noise=noise, generator=gen, **predict_kw).cpu())
     return torch.cat(preds)
 
 
@@ -71,19 +73,19 @@ def block_diagnostics(model: NoPropDT, split: Split, seed: int = 0, batch_size: 
       is the model's prediction).
     """
     model.eval()
+    dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     T = model.T
     block, chain, head = torch.zeros(T), torch.zeros(T), torch.zeros(T)
-    for i, x in enumerate(_eval_batches(split, batch_size, channels_last)):
-        y = split.y[i * batch_size:(i + 1) * batch_size]
+    for i, x in enumerate(_eval_batches(split, batch_size, channels_last, dev)):
+        y = split.y[i * batch_size:(i + 1) * batch_size].to(dev)
         u = model.embed(y)
         for t in range(1, T + 1):
-            z_prev = q_sample(u, model.alpha_bar[t - 1],
-                              torch.randn(u.shape, generator=gen))
+            z_prev = q_sample(u, model.alpha_bar[t - 1], randn(u.shape, gen, dev))
             logits, _ = model.u_hat(t, z_prev, x)
-            block[t - 1] += (logits.argmax(-1) == y).sum()
+            block[t - 1] += (logits.argmax(-1) == y).sum().cpu()
         for t, z, logits in model.chain(x, noise=True, generator=gen):
-            chain[t - 1] += (logits.argmax(-1) == y).sum()
-            head[t - 1] += (model.classify(z).argmax(-1) == y).sum()
+            chain[t - 1] += (logits.argmax(-1) == y).sum().cpu()
+            head[t - 1] += (model.classify(z).argmax(-1) == y).sum().cpu()
     n = len(split)
     return {k: (100.0 * v / n).tolist() for k, v in (("block", block), ("chain", chain), ("head", head))}

@@ -77,14 +77,15 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get("NOPROP_DIST_TIMEOUT", "120")))
 
 
-def init_from_env() -> Dist:
+def init_from_env(device_name: str = "auto") -> Dist:
     """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT); a plain single process when they are absent."""
+    MASTER_PORT); a plain single process when they are absent. NCCL when the ranks train on CUDA
+    (each on GPU LOCAL_RANK), gloo on CPU."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return SINGLE
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("NOPROP_DEVICE") == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timeout())
+        from .device import backend, resolve
+        dist.init_process_group(backend(resolve(device_name)), timeout=timeout())
     return Dist(dist.get_rank(), dist.get_world_size())
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, device
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import Dataset, augment, batches, load_dataset, subset
@@ -140,8 +140,11 @@ class Trainer:
         self.cfg, self.data, self.out, self.dist = cfg.validate(), data, Path(out_dir), dist
         self.quiet = quiet or not dist.main
         check_parallel(cfg, dist.world)
+        self.device = device.resolve(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL collectives and gather_object use it
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, data.image_shape, data.num_classes, data.train)
+        self.model = build_model(cfg, data.image_shape, data.num_classes, data.train).to(self.device)
         self.block_opts, self.shared_opt = make_optimizers(self.model, cfg)
         # the blocks this process trains (all of them in a single process)
         self.owned = owned_blocks(cfg.T, dist.world, dist.rank) if cfg.method == "dt" else []
@@ -149,7 +152,8 @@ class Trainer:
         self.epoch = 0          # epochs completed
         self.best_val = -1.0
         self.history: list[dict] = []
-        self.autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.precision = device.resolve_precision(cfg.precision, self.device)
+        self.autocast = device.autocast(self.device, self.precision)
 
     # --- run folder ------------------------------------------------------------------------------
     def prepare_dir(self, resume: bool) -> None:
@@ -257,7 +261,8 @@ class Trainer:
         """All-reduce the head's (and a learned embedding's) gradients, plus two counters: ranks
         that diverged, ranks that contributed. Every rank then holds the same averaged gradient."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared_params]
-        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor([float(bad), float(contributed)])])
+        flags = torch.tensor([float(bad), float(contributed)], device=self.device)
+        flat = torch.cat([g.flatten() for g in grads] + [flags])
         torch.distributed.all_reduce(flat)
         if flat[-2] > 0:
             raise DivergenceError(message if bad else "another worker's loss became non-finite (its "
@@ -269,11 +274,13 @@ class Trainer:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
-    def _x(self, x: torch.Tensor) -> torch.Tensor:
-        """A training batch as the network takes it: augmented if asked, in the chosen layout."""
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch as the network takes it: augmented if asked (on the CPU, from the
+        seeded generator), on the run's device, in the chosen layout."""
         if self.cfg.augment:
             x = augment(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return (x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x), y
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
@@ -289,7 +296,7 @@ class Trainer:
                    disable=self.quiet or None)
         for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
             with torch.autocast(**self.autocast):
-                parts = self.model.loss(self._x(x), y)
+                parts = self.model.loss(*self._batch(x, y))
             self._step(parts["loss"], [self.shared_opt], f"epoch {e}, step {step} ({cfg.method})",
                        step / n_batches)
             for k, v in parts.items():
@@ -308,7 +315,7 @@ class Trainer:
         def record(ts, l2, ce):
             nonlocal ce_sum, ce_n
             idx = torch.tensor(ts) - 1
-            l2_sum[idx] += l2.detach().float()
+            l2_sum[idx] += l2.detach().float().cpu()
             l2_n[idx] += 1
             ce_sum += ce.item()
             ce_n += 1
@@ -328,9 +335,9 @@ class Trainer:
                     if t is None:
                         self._step(None, [self.shared_opt], f"epoch {e}, idle step {step}", step / n_batches)
                     else:
-                        x, y = next(data)
+                        x, y = self._batch(*next(data))
                         with torch.autocast(**self.autocast):
-                            parts = model.block_loss(t, self._x(x), y)
+                            parts = model.block_loss(t, x, y)
                         self._step(parts["loss"], [self.block_opts[t - 1], self.shared_opt],
                                    f"epoch {e}, block {t}, step {step}", step / n_batches)
                         record([t], parts["l2"][None], parts["ce"])
@@ -341,7 +348,7 @@ class Trainer:
                 torch.manual_seed(block_seed(cfg.seed, e, T + 1 + self.dist.rank))
             bar = tqdm(total=n_batches, desc=f"epoch {e}", leave=False, disable=self.quiet or None)
             for step, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, gen, drop_last=True)):
-                x = self._x(x)
+                x, y = self._batch(x, y)
                 with torch.autocast(**self.autocast):
                     if cfg.order == "all":
                         ts = self.owned
@@ -385,7 +392,7 @@ class Trainer:
     @property
     def eval_kw(self) -> dict:
         return dict(batch_size=self.cfg.eval_batch_size, channels_last=self.cfg.channels_last,
-                    autocast_dtype=torch.bfloat16 if self.cfg.precision == "bf16" else None)
+                    autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None)
 
     def validate(self) -> float:
         return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed, **self.eval_kw)[0]
@@ -437,17 +444,18 @@ def train_and_evaluate(cfg: Config, data: Dataset, out, eval_runs: int = 5, resu
     result = {"test_acc_mean": m, "test_acc_se": se, "test_acc_runs": accs, "epochs": summary["epochs"],
               "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
               "train_seconds": sum(h["train_seconds"] for h in trainer.history),
-              "model": "final epoch", "threads": torch.get_num_threads(), "torch": torch.__version__}
+              "model": "final epoch", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "precision": trainer.precision, "device": str(trainer.device)}
     checkpoint.atomic_write_text(Path(out) / RESULT, json.dumps(result, indent=2))
     return result
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, Config, dict]:
+def load_model(path: str | os.PathLike, device_name: str = "cpu") -> tuple[nn.Module, Config, dict]:
     """A trained model from a checkpoint file (no data needed: the prototype rows come from the
-    checkpoint's weights)."""
+    checkpoint's weights), on the given device (see device.py)."""
     state = checkpoint.load(path)
     cfg = Config.from_dict(state["config"])
-    model = build_model(cfg, state["image_shape"], state["num_classes"])
+    model = build_model(cfg, state["image_shape"], state["num_classes"]).to(device.resolve(device_name))
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state

@@ -1,0 +1,102 @@
+"""Where the tensors live: CPU or a CUDA GPU, and the autocast and collective backend that go
+with it.
+
+- ``--device auto`` (the default) takes CUDA when torch sees a GPU, the CPU otherwise;
+  ``cpu``, ``cuda`` and ``cuda:N`` ask for one. Under block-parallel training on CUDA, rank r of a
+  machine uses GPU LOCAL_RANK and the ranks talk over NCCL; on CPU over gloo.
+- ``--precision bf16`` is autocast to bfloat16 on either device (on CPU it pays off where the CPU
+  has native bf16 instructions: AVX-512 BF16 or AMX). ``auto``, the default, picks bf16 exactly
+  there and fp32 elsewhere: on this project's AVX-512 BF16 CPU a full 10-epoch MNIST NoProp-DT run
+  gave the same test accuracy in bf16 as in fp32 (99.12 +- 0.02 both) at 1.9x the speed.
+- Seeded inference noise is drawn on the CPU from a CPU generator and then moved, so an inference
+  run with a given seed draws the same numbers on every device.
+
+The device is a runtime choice, not part of a run's identity: a run trained on a GPU resumes or
+evaluates on a CPU and the other way round (checkpoints are always written from CPU copies).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def valid_name(name: str) -> bool:
+    if name in DEVICES:
+        return True
+    head, _, index = name.partition(":")
+    return head == "cuda" and index.isdigit()
+
+
+def resolve(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The torch.device for a --device value. A rank of a multi-GPU run takes GPU LOCAL_RANK."""
+    from .config import ConfigError
+    if not valid_name(name):
+        raise ConfigError(f"--device: unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                          "use --device cpu, or install a CUDA build of torch")
+    if name == "cuda":
+        if local_rank is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        name = f"cuda:{local_rank % torch.cuda.device_count()}"
+    index = int(name.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return torch.device(name)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively (not emulated through fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """fp32 or bf16 for a --precision value on a device."""
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return precision
+
+
+def backend(device: torch.device) -> str:
+    """The torch.distributed backend for ranks on this kind of device."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def autocast(device: torch.device, precision: str) -> dict:
+    """Keyword arguments of torch.autocast for a run's precision on its device."""
+    return dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) noise. With a (CPU) generator: drawn on the CPU and moved, so the numbers do not
+    depend on the device; without one: drawn on the device from its default generator."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (timing); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,70 @@
+"""Device selection (device.py). This machine has no GPU, so these check the choices and the
+errors; the CUDA code paths themselves (NCCL, GPU autocast) run only where a GPU is present."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from noprop import device
+from noprop.config import Config, ConfigError
+
+
+def test_auto_resolves_to_what_torch_sees():
+    expect = "cuda" if torch.cuda.is_available() else "cpu"
+    assert device.resolve("auto").type == expect
+    assert device.resolve("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_named_error():
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=f"--device {name}: torch sees no CUDA GPU"):
+            device.resolve(name)
+
+
+def test_unknown_device_names_are_refused():
+    for name in ("gpu", "cuda:x", "tpu", ""):
+        with pytest.raises(ConfigError, match="--device"):
+            device.resolve(name)
+        with pytest.raises(ConfigError, match="--device"):
+            Config(device=name).validate()
+
+
+def test_backend_and_autocast_follow_the_device():
+    assert device.backend(torch.device("cpu")) == "gloo"
+    assert device.backend(torch.device("cuda", 0)) == "nccl"
+    assert device.autocast(torch.device("cpu"), "bf16") == dict(device_type="cpu", dtype=torch.bfloat16,
+                                                                enabled=True)
+    assert device.autocast(torch.device("cuda", 0), "fp32")["enabled"] is False
+
+
+def test_seeded_noise_is_drawn_on_the_cpu_generator():
+    a = device.randn((3, 4), torch.Generator().manual_seed(7), "cpu")
+    assert torch.equal(a, torch.randn(3, 4, generator=torch.Generator().manual_seed(7)))
+
+
+def test_the_device_is_not_part_of_a_runs_identity():
+    a, b = Config(device="cpu").validate(), Config(device="auto").validate()
+    assert a.differences(b) == []
+    assert Config(lr=2e-3).validate().differences(a) == ["lr"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cli_names_the_device_option(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "noprop", "train", "--device", "cuda", "--epochs", "1",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--device cuda" in r.stderr and "--device cpu" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16():
+    cpu = torch.device("cpu")
+    native = bool({"avx512_bf16", "amx_bf16"} & device.cpu_flags())
+    assert device.bf16_native(cpu) == native
+    assert device.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert device.resolve_precision("fp32", cpu) == "fp32"
+    assert device.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="--precision"):
+        Config(precision="fp16").validate()
