@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
+    bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
 
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
@@ -287,7 +288,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         raise ConfigError("--lr-schedule cosine: give --tta-epochs, the length the schedule decays over")
     bench.run(a.what, a.out, steps=a.steps, precisions=tuple(a.precision), target=a.target,
               budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
-              device_name=a.device)
+              device_name=a.device, workers_images=a.workers_images)
     return 0
 
 

@@ -235,10 +235,17 @@ class Trainer:
             return self.cfg.lr * (1 + math.cos(math.pi * min(progress / max(self.cfg.epochs, 1), 1.0))) / 2
         return self.cfg.lr
 
-    def _step(self, loss: torch.Tensor | None, opts, where: str, frac: float = 0.0) -> None:
+    def _step(self, loss: torch.Tensor | None, opts, where: str, frac: float = 0.0, split=None) -> None:
         """One optimizer step, `frac` of the way through the current epoch (or block pass). loss
         None: this rank has no block to train at this step but still takes part in averaging the
-        shared parameters' gradients (block-parallel training)."""
+        shared parameters' gradients (block-parallel training).
+
+        split = (early, late), early + late = loss, where early alone gives the shared parameters
+        their gradient (CE + KL with a fixed embedding) and late only the block's (its weighted
+        L2). Block-parallel training then back-propagates early first and averages the shared
+        gradients in the background while late is back-propagated and the block steps: the same
+        gradients and updates, with the all-reduce (a wait for the slower rank) off the critical
+        path."""
         lr = self.lr_at(self.epoch + frac)
         for o in opts:
             for group in o.param_groups:
@@ -250,6 +257,17 @@ class Trainer:
             raise DivergenceError(message)
         for o in opts:
             o.zero_grad(set_to_none=True)
+        if self.dist.active and split is not None and not bad:
+            early, late = split
+            early.backward()
+            pending = self._launch_average(contributed=True, bad=False)
+            late.backward()
+            for o in opts:
+                if o is not self.shared_opt:
+                    o.step()
+            self._finish_average(*pending, bad=False, message=message)
+            self.shared_opt.step()
+            return
         if loss is not None and not bad:
             loss.backward()
         if self.dist.active:
@@ -257,13 +275,21 @@ class Trainer:
         for o in opts:
             o.step()
 
-    def _average_shared_grads(self, contributed: bool, bad: bool, message: str) -> None:
-        """All-reduce the head's (and a learned embedding's) gradients, plus two counters: ranks
-        that diverged, ranks that contributed. Every rank then holds the same averaged gradient."""
+    def _launch_average(self, contributed: bool, bad: bool):
+        """Start the all-reduce of the shared gradients (a copy: the parameters' .grad may change
+        meanwhile) plus two counters: ranks that diverged, ranks that contributed."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared_params]
         flags = torch.tensor([float(bad), float(contributed)], device=self.device)
         flat = torch.cat([g.flatten() for g in grads] + [flags])
-        torch.distributed.all_reduce(flat)
+        return flat, torch.distributed.all_reduce(flat, async_op=True)
+
+    def _average_shared_grads(self, contributed: bool, bad: bool, message: str) -> None:
+        """All-reduce the head's (and a learned embedding's) gradients. Every rank then holds the
+        same averaged gradient."""
+        self._finish_average(*self._launch_average(contributed, bad), bad=bad, message=message)
+
+    def _finish_average(self, flat: torch.Tensor, work, bad: bool, message: str) -> None:
+        work.wait()
         if flat[-2] > 0:
             raise DivergenceError(message if bad else "another worker's loss became non-finite (its "
                                   f"message names the block and step); the last good checkpoint in "
@@ -338,8 +364,11 @@ class Trainer:
                         x, y = self._batch(*next(data))
                         with torch.autocast(**self.autocast):
                             parts = model.block_loss(t, x, y)
+                        split = None
+                        if not model.embed.trainable:  # see _step: the L2 term does not touch the head
+                            split = (parts["ce"] + parts["kl"], model.l2_weight[t - 1] * parts["l2"])
                         self._step(parts["loss"], [self.block_opts[t - 1], self.shared_opt],
-                                   f"epoch {e}, block {t}, step {step}", step / n_batches)
+                                   f"epoch {e}, block {t}, step {step}", step / n_batches, split)
                         record([t], parts["l2"][None], parts["ce"])
                     bar.update()
             bar.close()
@@ -354,15 +383,18 @@ class Trainer:
                         ts = self.owned
                         ce, kl = model.shared_loss(y)
                         l2 = torch.stack([model.denoise_loss(t, x, y) for t in ts])
-                        loss = ce + kl + (model.l2_weight[torch.tensor(ts) - 1] * l2).sum()
+                        weighted = (model.l2_weight[torch.tensor(ts) - 1] * l2).sum()
+                        loss = ce + kl + weighted
+                        split = (ce + kl, weighted) if not model.embed.trainable else None
                         where = f"epoch {e}, step {step} (blocks {ts[0]}-{ts[-1]})"
                     else:
                         t = int(torch.randint(1, T + 1, (1,), generator=gen))
                         parts = model.block_loss(t, x, y)
                         ts, loss, ce, l2 = [t], parts["loss"], parts["ce"], parts["l2"][None]
+                        split = None  # the random order is single-process only
                         where = f"epoch {e}, block {t}, step {step}"
                 self._step(loss, [self.block_opts[t - 1] for t in ts] + [self.shared_opt], where,
-                           step / n_batches)
+                           step / n_batches, split)
                 record(ts, l2, ce)
                 bar.update()
             bar.close()
