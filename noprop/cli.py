@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, parallel
+from . import checkpoint, device, parallel
 from .checkpoint import CheckpointError
 from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
@@ -227,8 +227,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         if cfg.method not in ("ct", "fm", "adjoint"):
             raise ConfigError(f"--steps/--solver: apply to ct, fm and adjoint, not {cfg.method}")
         Config(**{**cfg.to_dict(), **overrides}).validate()  # names a bad value before any work
-    accs = accuracy_runs(model, split, runs=a.runs, noise=a.noise, seed=a.seed,
-                         batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last, **overrides)
+    dev = next(model.parameters()).device
+    bf16 = device.resolve_precision(cfg.precision, dev) == "bf16"  # the run's precision, as in training
+    accs = accuracy_runs(model, split, runs=a.runs, noise=a.noise, seed=a.seed, batch_size=cfg.eval_batch_size,
+                         channels_last=cfg.channels_last, autocast_dtype=torch.bfloat16 if bf16 else None,
+                         **overrides)
     m, se = mean_se(accs)
     if a.json:
         print(json.dumps({"split": a.split, "runs": accs, "mean": m, "se": se, "noise": a.noise}))
