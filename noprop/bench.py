@@ -174,7 +174,7 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
         before = _rss_kb("VmRSS")
     for _ in range(steps):
         step()
-    peak = torch.cuda.max_memory_allocated(dev) / 1024 if dev.type == "cuda" else _rss_kb("VmHWM")
+    peak = device.peak_memory_mb(dev) * 1024
     return {"method": method, "dataset": dataset, "precision": precision, "device": str(dev),
             "train_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
 
@@ -208,7 +208,7 @@ def workers_throughput(world: int, T: int = 10, n_train: int = 8192, epochs: int
     secs = sum(h["train_seconds"] for h in hist)
     n = (n_train // 128) * 128 * T * epochs
     return {"workers": world, "threads_per_worker": 1, "block_samples_per_s": n / secs, "train_seconds": secs,
-            "images": n_train, "precision": precision}
+            "images": n_train, "precision": precision, "peak_memory_mb_per_rank": hist[-1].get("peak_memory_mb")}
 
 
 def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
@@ -278,14 +278,16 @@ def markdown(results: dict) -> str:
                          f"{r['epochs']} | {r['val_acc']:.2f} | {r['test_acc_mean']:.2f} +- {r['test_acc_se']:.2f} |")
         lines.append("")
     if results.get("workers"):
-        lines += ["| workers (1 thread each) | precision | images per epoch | block-samples/s | speed-up |",
-                  "|---|---|---|---|---|"]
+        lines += ["| workers (1 thread each) | precision | images per epoch | block-samples/s | speed-up | "
+                  "process peak memory per rank (MB) |", "|---|---|---|---|---|---|"]
         for w in results["workers"]:
             prec = w.get("precision", "auto")
             one = next((v["block_samples_per_s"] for v in results["workers"]
                         if v["workers"] == 1 and v.get("precision", "auto") == prec), None)
             sp = f"{w['block_samples_per_s'] / one:.2f}x" if one else "–"
-            lines.append(f"| {w['workers']} | {prec} | {w.get('images', '?')} | {w['block_samples_per_s']:.0f} | {sp} |")
+            mem = ", ".join(f"{m:.0f}" for m in w.get("peak_memory_mb_per_rank") or []) or "–"
+            lines.append(f"| {w['workers']} | {prec} | {w.get('images', '?')} | {w['block_samples_per_s']:.0f} | {sp} "
+                         f"| {mem} |")
         lines.append("")
     return "\n".join(lines)
 

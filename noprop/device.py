@@ -96,6 +96,21 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: resident set (VmHWM) on CPU, allocated memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (timing); nothing on CPU."""
     if device.type == "cuda":

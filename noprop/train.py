@@ -315,7 +315,10 @@ class Trainer:
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, e))
         self.model.train()
         if cfg.method == "dt":
-            return self._train_epoch_dt(e, gen)
+            stats = self._train_epoch_dt(e, gen)
+            # every rank's peak memory (one entry per rank): what block-parallel training saves
+            stats["peak_memory_mb"] = gather(self.dist, device.peak_memory_mb(self.device))
+            return stats
         sums: dict[str, float] = {}
         n, n_batches = 0, len(self.data.train) // cfg.batch_size
         bar = tqdm(total=n_batches, desc=f"epoch {e}", leave=False,

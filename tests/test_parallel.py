@@ -1,5 +1,6 @@
 """Block-parallel NoProp-DT with real processes on 127.0.0.1 (gloo)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,10 @@ def test_two_workers_train_the_same_blocks_as_one_process(tmp_path):
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # the metrics record each rank's peak memory
+    mem = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["peak_memory_mb"]
+           for d in ("one", "two")]
+    assert len(mem[0]) == 1 and len(mem[1]) == 2 and all(m > 50 for m in mem[0] + mem[1])
     # the parallel run's checkpoint resumes in one process, and the single one in two
     r = noprop("train", *TINY, "--epochs", "2", "--out", str(tmp_path / "two"), "--resume")
     assert r.returncode == 0, r.stderr
