@@ -40,6 +40,13 @@ class Backprop(nn.Module):
                                             dropout=dropout) for _ in range(T))
         self.w = nn.Parameter(torch.full((T,), math.atanh(0.5)))
         self.head = nn.Linear(embedding.dim, self.num_classes)
+        # The head starts as the class-embedding decoder, logit_c = <z, u_c> (the identity for
+        # one-hot), not at random. With a random head the blocks, trained only through it, sent
+        # whole classes to one softmax vertex of z_T, where nothing separates them again: 70.7%
+        # on MNIST after 7 epochs. The paper does not give this initialisation.
+        with torch.no_grad():
+            self.head.weight.copy_(embedding.weight.detach())
+            self.head.bias.zero_()
 
     def final_latent(self, x, noise: bool = True, generator=None, **_) -> torch.Tensor:
         z = self.embed.noise(len(x), generator, x.device)

@@ -222,3 +222,12 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
     conv = m.net.image_path.features[0].weight
     assert adj["net.image_path.features.0.weight"].norm() > 0
     assert (adj["net.image_path.features.0.weight"] - conv.grad).norm() / conv.grad.norm() < tol
+
+
+@pytest.mark.parametrize("kind,dim", [("one-hot", None), ("learned", 20)])
+def test_backprop_head_starts_as_the_embedding_decoder(kind, dim):
+    """logit_c = <z, u_c> at the start: at a class's own embedding its logit is the largest."""
+    m = Backprop(SHAPE, ClassEmbedding(kind, 10, dim))
+    W = m.embed.weight.detach()
+    assert torch.equal(m.head.weight.detach(), W) and torch.equal(m.head.bias.detach(), torch.zeros(10))
+    assert torch.equal(m.head(W).argmax(-1), torch.arange(10))

@@ -115,7 +115,7 @@ def test_cli_corrupt_data_is_named(tmp_path, mnist_copy):
 @pytest.mark.parametrize("method,n,batch,epochs,steps,floor", [
     ("ct", 4000, 32, 6, 20, 45.0),
     ("fm", 4000, 32, 4, 20, 70.0),
-    ("backprop", 2000, 32, 3, 10, 40.0),
+    ("backprop", 2000, 32, 3, 10, 85.0),  # 95.3 in calibration; 44-56 with a random head init
     ("adjoint", 1000, 32, 2, 10, 40.0),
 ])
 def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, steps, floor):
