@@ -231,7 +231,7 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     train_wall = time.perf_counter() - t0
     reached = tr.history[-1]["val_acc"] >= target
     test = accuracy_runs(tr.model, data.test, runs=eval_runs,
-                         autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+                         autocast_dtype=device.eval_dtype(precision))
     return {"target_val_acc": target, "reached": reached, "wall_seconds": train_wall,
             "wall_seconds_with_test": time.perf_counter() - t0, "epochs": tr.epoch,
             "val_acc": tr.history[-1]["val_acc"], "val_curve": [h["val_acc"] for h in tr.history],

@@ -227,10 +227,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         if cfg.method not in ("ct", "fm", "adjoint"):
             raise ConfigError(f"--steps/--solver: apply to ct, fm and adjoint, not {cfg.method}")
         Config(**{**cfg.to_dict(), **overrides}).validate()  # names a bad value before any work
-    dev = next(model.parameters()).device
-    bf16 = device.resolve_precision(cfg.precision, dev) == "bf16"  # the run's precision, as in training
+    precision = device.resolve_precision(cfg.precision, next(model.parameters()).device)  # as in training
     accs = accuracy_runs(model, split, runs=a.runs, noise=a.noise, seed=a.seed, batch_size=cfg.eval_batch_size,
-                         channels_last=cfg.channels_last, autocast_dtype=torch.bfloat16 if bf16 else None,
+                         channels_last=cfg.channels_last, autocast_dtype=device.eval_dtype(precision),
                          **overrides)
     m, se = mean_se(accs)
     if a.json:

@@ -88,6 +88,11 @@ def autocast(device: torch.device, precision: str) -> dict:
     return dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def eval_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of inference for a resolved precision (None: plain fp32)."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) noise. With a (CPU) generator: drawn on the CPU and moved, so the numbers do not
     depend on the device; without one: drawn on the device from its default generator."""

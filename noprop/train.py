@@ -368,7 +368,7 @@ class Trainer:
                         with torch.autocast(**self.autocast):
                             parts = model.block_loss(t, x, y)
                         split = None
-                        if not model.embed.trainable:  # see _step: the L2 term does not touch the head
+                        if self.dist.active and not model.embed.trainable:  # see _step: L2 misses the head
                             split = (parts["ce"] + parts["kl"], model.l2_weight[t - 1] * parts["l2"])
                         self._step(parts["loss"], [self.block_opts[t - 1], self.shared_opt],
                                    f"epoch {e}, block {t}, step {step}", step / n_batches, split)
@@ -388,7 +388,7 @@ class Trainer:
                         l2 = torch.stack([model.denoise_loss(t, x, y) for t in ts])
                         weighted = (model.l2_weight[torch.tensor(ts) - 1] * l2).sum()
                         loss = ce + kl + weighted
-                        split = (ce + kl, weighted) if not model.embed.trainable else None
+                        split = (ce + kl, weighted) if self.dist.active and not model.embed.trainable else None
                         where = f"epoch {e}, step {step} (blocks {ts[0]}-{ts[-1]})"
                     else:
                         t = int(torch.randint(1, T + 1, (1,), generator=gen))
@@ -427,7 +427,7 @@ class Trainer:
     @property
     def eval_kw(self) -> dict:
         return dict(batch_size=self.cfg.eval_batch_size, channels_last=self.cfg.channels_last,
-                    autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None)
+                    autocast_dtype=device.eval_dtype(self.precision))
 
     def validate(self) -> float:
         return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed, **self.eval_kw)[0]
