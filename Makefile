@@ -1,6 +1,7 @@
 # Two commands do all the setup on a fresh machine:
-#   make run    train NoProp-DT on MNIST (quick default) and print its test accuracy
-#   make test   run the test suite
+#   make run    train NoProp-DT on MNIST (a short, time-boxed default) and print its test accuracy
+#   make test   run the whole test suite (what CI runs)
+# and, while developing: make test-fast (unit tests, a couple of minutes), make lint (ruff).
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch 2.13.0 lies on this project's machines; pinning it here keeps pip from
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: run test bench install clean
+.PHONY: run test test-fast lint bench install clean
 
 $(BIN)/noprop: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +21,16 @@ $(BIN)/noprop: pyproject.toml
 install: $(BIN)/noprop
 
 run: $(BIN)/noprop
-	$(BIN)/noprop train --epochs 1
+	$(BIN)/noprop train --epochs 1 --train-subset 12800 --minutes 2
 
-test: $(BIN)/noprop
+test: $(BIN)/noprop lint
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/noprop
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/noprop
+	$(BIN)/ruff check .
 
 bench: $(BIN)/noprop
 	$(BIN)/python bench/mnist_dt.py --epochs 14 --out bench/results/mnist_dt

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
+from noprop.evaluate import accuracy_runs, mean_se
+from noprop.train import BEST, Trainer, load_data, load_model
 
 from noprop.bench import machine
 from noprop.checkpoint import atomic_write_text
 from noprop.config import Config
-from noprop.evaluate import accuracy_runs, mean_se
-from noprop.train import BEST, Trainer, load_data, load_model
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     md = [f"NoProp-DT MNIST ({cfg.embedding}, order {cfg.order}, {cfg.precision}), {len(hist)} epochs, "
           f"{res['machine']['cpu']}, {res['machine']['threads']} threads, torch {torch.__version__}",
           f"command: `{res['command']}`", "",
-          "| model | test acc (mean +- s.e., %d inference runs) | val acc |" % a.eval_runs, "|---|---|---|",
+          f"| model | test acc (mean +- s.e., {a.eval_runs} inference runs) | val acc |", "|---|---|---|",
           f"| final (epoch {len(hist)}) | {res['test_final']['mean']:.2f} +- {res['test_final']['se']:.2f} | "
           f"{hist[-1]['val_acc']:.2f} |",
           f"| best validation (epoch {best_state['epoch']}) | {res['test_best_val']['mean']:.2f} +- "

@@ -1,35 +1,33 @@
-"""The paper's baselines on the same networks (spec section 1.4), trained end to end.
+"""The paper's backprop baseline (spec section 1.4): the T blocks of NoProp-DT chained and trained
+end to end on the same network.
 
-Backprop (DT): the T blocks of NoProp-DT chained as
-    z_0 ~ N(0, I),  z_t = (1 - alpha_t) z_{t-1} + alpha_t u_hat_t(z_{t-1}, x),  alpha_t = tanh(w_t)
-and trained by cross-entropy of the linear head on z_T, through the whole chain. w_t starts at
-atanh(0.5) (alpha_t = 0.5; the paper does not give the init).
+    z_0 ~ N(0, I),   z_t = (1 - alpha_t) z_{t-1} + alpha_t u_hat_t(z_{t-1}, x),   alpha_t = tanh(w_t)
 
-Adjoint (CT): a neural ODE dz/dt = v(z, x, t) on t in [0, 1], v = logits @ W_Embed from the CT/FM
-network, z_0 ~ N(0, I), a linear head on z_1, cross-entropy, gradients by the adjoint sensitivity
-method (Chen et al. 2018) through torchdiffeq with fixed Euler steps (paper: 1000). The image path does
-not depend on z or t, so it runs once per batch: its output (the image features) enters the ODE as a
-constant, and torchdiffeq returns the adjoint gradient for it beside the field's parameters (it is
-passed in adjoint_params), from where ordinary autograd carries it into the conv path. This gives the
-same gradient as recomputing the conv path at every step, at the cost of the small MLP per step, and
-lets the network keep the paper's dropout (one mask per batch, fixed over the solve: a mask drawn
-afresh at each step would differ between the forward and the backward solve and spoil the gradient).
+trained by cross-entropy of the linear head on z_T, through the whole chain. w_t starts at atanh(0.5)
+(alpha_t = 0.5; the paper does not give the init).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .embedding import ClassEmbedding
-from .nets import DTBlock, TimeNet
-from .ode import integrate
+from .method import ChainStep, Method, register_method
+from .nets import DTBlock
 
 
-class Backprop(nn.Module):
+@register_method
+class Backprop(Method):
+    name = "backprop"
+    display_name = "Backprop"
+    listing_order = 4
+    defaults = {"optimizer": "adamw"}
+
     def __init__(self, image_shape, embedding: ClassEmbedding, T: int = 10, dropout: float = 0.2):
         super().__init__()
         self.T = T
@@ -48,72 +46,28 @@ class Backprop(nn.Module):
             self.head.weight.copy_(embedding.weight.detach())
             self.head.bias.zero_()
 
-    def final_latent(self, x, noise: bool = True, generator=None, **_) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, cfg, image_shape, num_classes, embedding):
+        return cls(image_shape, embedding, T=cfg.T)
+
+    def chain(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> Iterator[ChainStep]:
         z = self.embed.noise(len(x), generator, x.device)
         alpha = torch.tanh(self.w)
-        for t, block in enumerate(self.blocks):
-            u_hat = self.embed.mix(block(z, x))
-            z = (1 - alpha[t]) * z + alpha[t] * u_hat
+        for t, block in enumerate(self.blocks, 1):
+            logits = block(z, x)
+            z = (1 - alpha[t - 1]) * z + alpha[t - 1] * self.embed.mix(logits)
+            yield ChainStep(t, z, logits)
+
+    def final_latent(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> torch.Tensor:
+        """z_T; with gradient when called in training (the chain is back-propagated end to end)."""
+        z = None
+        for step in self.chain(x, noise, generator):
+            z = step.z
         return z
 
-    def loss(self, x, y) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(self.head(self.final_latent(x)), y)
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)
+
+    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self.classify(self.final_latent(x)), y)
         return {"loss": ce, "ce": ce}
-
-    @torch.no_grad()
-    def predict(self, x, noise: bool = True, generator=None, **kw) -> torch.Tensor:
-        return self.head(self.final_latent(x, generator=generator)).argmax(-1)
-
-
-class _Field(nn.Module):
-    """dz/dt = net(z, features, t) @ W_Embed for one batch's image features (torchdiffeq's func
-    signature)."""
-
-    def __init__(self, net: TimeNet, embed: ClassEmbedding, features: torch.Tensor):
-        super().__init__()
-        self.net, self.embed, self.features = net, embed, features
-
-    def forward(self, t, z):
-        # .to(z.dtype): the adjoint's backward solve runs outside any autocast region, where
-        # bf16 features from a bf16 forward would meet fp32 weights
-        return self.embed.span(self.net(z, None, t.reshape(()), self.features.to(z.dtype)))
-
-    def ode_parameters(self) -> tuple[torch.Tensor, ...]:
-        """What the field depends on besides z: every parameter outside the image path, and the
-        image features (their gradient flows on into the image path by ordinary autograd)."""
-        image = {id(p) for p in self.net.image_path.parameters()}
-        return tuple(p for p in self.parameters() if id(p) not in image) + (self.features,)
-
-
-class Adjoint(nn.Module):
-    def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, dropout: float = 0.2):
-        super().__init__()
-        self.steps = steps
-        self.num_classes = embedding.num_classes
-        self.embed = embedding
-        self.net = TimeNet(image_shape, embedding.dim, self.num_classes,
-                           prototype=embedding.kind == "prototype", dropout=dropout)
-        self.head = nn.Linear(embedding.dim, self.num_classes)
-
-    def loss(self, x, y) -> dict[str, torch.Tensor]:
-        try:
-            from torchdiffeq import odeint_adjoint
-        except ImportError as e:  # an optional dependency: say how to get it
-            raise ImportError("the adjoint baseline needs torchdiffeq: pip install 'noprop[adjoint]'") from e
-        z0 = self.embed.noise(len(x), device=x.device)
-        field = _Field(self.net, self.embed, self.net.image_features(x))
-        ts = torch.tensor([0.0, 1.0], device=x.device)
-        z1 = odeint_adjoint(field, z0, ts, method="euler", options={"step_size": 1.0 / self.steps},
-                            adjoint_params=field.ode_parameters())[-1]
-        ce = F.cross_entropy(self.head(z1), y)
-        return {"loss": ce, "ce": ce}
-
-    @torch.no_grad()
-    def final_latent(self, x, noise: bool = True, generator=None, steps: int | None = None, **_):
-        z0 = self.embed.noise(len(x), generator, x.device)
-        field = _Field(self.net, self.embed, self.net.image_features(x))
-        return integrate(field, z0, steps or self.steps, "euler")
-
-    @torch.no_grad()
-    def predict(self, x, noise: bool = True, generator=None, **kw) -> torch.Tensor:
-        return self.head(self.final_latent(x, generator=generator, **kw)).argmax(-1)

@@ -1,24 +1,25 @@
-"""`noprop bench`: speed and memory, measured (never asserted by tests).
+"""`noprop bench`: speed and memory, measured (never asserted by timed tests).
 
-- throughput: training block-samples per second (samples x blocks updated, per second) for the
-  NoProp-DT block (MNIST- and CIFAR-shaped), the CT/FM network and the backprop baseline (one step
-  updates all T blocks), in fp32 and bf16 autocast, on synthetic batches of the real shapes;
-- FLOPs of one training block-sample, counted from the layers (2 x multiply-adds of every conv and
-  linear layer forward, x3 for forward + backward), and the share of the machine's measured
-  matrix-multiply peak that the throughput reaches;
+- peak: the machine's matrix-multiply peak per precision, measured (warm-up, best of repeated timed
+  blocks of 2048 x 2048 products, the training's thread count), with the CPU's name, class and flags;
+- throughput: training block-samples per second (samples x blocks updated, per second) of every
+  method on synthetic batches of the real shapes, fp32 and bf16 autocast; FLOPs of one training step
+  counted by torch's FlopCounterMode (forward and the real backward), and the share of the measured
+  peak that the throughput reaches. Timings by torch.utils.benchmark;
 - memory: peak resident memory of one training process per method, above the same process before
   its first step (model and optimizer built), measured in a fresh subprocess;
-- workers: block-parallel throughput of real `noprop train --workers N` runs, one thread per worker.
+- workers: real `noprop train --workers N --threads 1` runs of each method at 1 and N processes;
+- tta: wall time from process start until NoProp-DT's validation accuracy reaches a target.
 
-Every table is printed with the machine, the torch version and the thread count, and saved as JSON
-and Markdown.
+bf16 autocast is only fast where the CPU computes bf16 natively (AVX-512 BF16, AMX); elsewhere it is
+emulated through fp32 (13x slower on an AVX2 machine), so the bench skips it there unless asked for
+with --precision bf16. Every table names the CPU class it was measured on.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,132 +27,114 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
 
-from . import device
+from . import device, models
 from .checkpoint import atomic_write_text
 from .config import Config
-from .train import build_model, make_optimizers
+from .machine import cpu_class, describe, provenance
+from .trainer import make_optimizer
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def machine(dev=None) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "bf16_native": device.bf16_native(torch.device("cpu")),
-            "device": str(dev or "cpu"),
-            "gpu": torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda" else None}
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0, dev=None) -> float:
-    """Measured GFLOP/s of an n x n matrix multiply in dtype."""
+def timed(fn, min_run_time: float = 1.0, warmup: int = 3, dev=None) -> float:
+    """Seconds per call of fn: warm-up calls, then torch.utils.benchmark's blocked autorange at the
+    current thread count; the best block (the least disturbed by the rest of the machine)."""
     dev = dev or torch.device("cpu")
-    a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
-    a @ b
+    for _ in range(warmup):
+        fn()
     device.synchronize(dev)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    device.synchronize(dev)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    sync = (lambda: device.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    timer = benchmark.Timer("fn(); sync()", globals={"fn": fn, "sync": sync}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return min(m.times)
 
 
-def forward_flops(module: nn.Module, *inputs) -> int:
-    """FLOPs (2 x multiply-adds) of conv and linear layers for one forward of the given inputs."""
-    total = 0
+def count_flops(fn) -> int:
+    """FLOPs of one call of fn (matmuls and convolutions, forward and backward), by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
-    def hook(mod, inp, out):
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-            total += 2 * k * out.numel()
-        elif isinstance(mod, nn.Linear):
-            total += 2 * mod.in_features * out.numel()
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+def matmul_peak(precision: str = "fp32", n: int = 2048, min_run_time: float = 1.0, dev=None) -> float:
+    """Measured GFLOP/s of n x n matrix products in the given precision."""
+    dev = dev or torch.device("cpu")
+    a = torch.randn(n, n, device=dev).to(DTYPES[precision])
+    b = torch.randn(n, n, device=dev).to(DTYPES[precision])
+    return 2 * n ** 3 / timed(lambda: a @ b, min_run_time, dev=dev) / 1e9
+
+
+def workload_gflops(fn, min_run_time: float = 1.0, dev=None) -> float:
+    """GFLOP/s of any workload, measured as the throughput rows are: FLOPs by count_flops, time by
+    timed(). (A pure matmul workload lands near the peak probe: a test checks it.)"""
+    return count_flops(fn) / timed(fn, min_run_time, dev=dev) / 1e9
+
+
+def nominal_peak(precision: str = "fp32") -> float | None:
+    """A rough theoretical fp32 peak: threads x 2 FMA units x SIMD lanes x 2 x the clock /proc/cpuinfo
+    reports (None off Linux or for bf16, whose AMX/AVX-512 BF16 rates vary too much by model)."""
+    if precision != "fp32":
+        return None
     try:
-        with torch.no_grad():
-            module(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+        mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return None
+    lanes = {"amx": 16, "avx512_bf16": 16, "avx512": 16, "avx2": 8}.get(cpu_class())
+    return None if lanes is None else torch.get_num_threads() * 2 * lanes * 2 * mhz / 1e3
+
+
+def peak(precisions=("fp32", "bf16"), dev=None) -> dict:
+    return {p: {"measured_gflops": matmul_peak(p, dev=dev), "nominal_gflops": nominal_peak(p)} for p in precisions}
 
 
 def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch: int, dev=None):
+    """One training step of `method` on a synthetic batch; returns (step, blocks per step)."""
     dev = dev or torch.device("cpu")
     shape, m = SHAPES[dataset]
     cfg = Config(method=method, dataset="mnist", precision=precision, channels_last=channels_last,
                  batch_size=batch, steps=10).validate()
     torch.manual_seed(0)
-    model = build_model(cfg, shape, m).to(dev)
+    model = models.build(cfg, shape, m).to(dev)
     model.train()
-    block_opts, shared_opt = make_optimizers(model, cfg)
+    opts = {t: make_optimizer(model.block_parameters(t), cfg) for t in range(1, model.num_blocks + 1)}
+    shared = model.shared_parameters()
+    shared_opt = [make_optimizer(shared, cfg)] if shared else []
     x = torch.randn(batch, *shape, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, m, (batch,), device=dev)
     autocast = device.autocast(dev, precision)
-    if method == "dt":  # one block's update, the unit of NoProp-DT training, cycling through blocks
-        counter = iter(range(10 ** 9))
+    counter = iter(range(10 ** 9))
 
-        def step():
-            t = next(counter) % cfg.T + 1
-            with torch.autocast(**autocast):
-                loss = model.block_loss(t, x, y)["loss"]
-            opts = [block_opts[t - 1], shared_opt]
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-        blocks_per_step = 1
-        block = model.blocks[0]
-        flops = forward_flops(block, torch.zeros(batch, model.embed.dim, device=dev), x) // batch
-    else:
-        def step():
-            with torch.autocast(**autocast):
-                loss = model.loss(x, y)["loss"]
-            shared_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            shared_opt.step()
-        if method == "backprop":
-            blocks_per_step = cfg.T
-            flops = cfg.T * forward_flops(model.blocks[0], torch.zeros(batch, model.embed.dim, device=dev), x) // batch
-        else:
-            blocks_per_step = 1
-            flops = forward_flops(model.net, torch.zeros(batch, model.embed.dim, device=dev), x,
-                                  torch.zeros(batch, device=dev)) // batch
-    return step, blocks_per_step, flops
+    def step():  # one block's update, the unit of block-wise training, cycling through the blocks
+        t = next(counter) % model.num_blocks + 1
+        with torch.autocast(**autocast):
+            loss = model.loss(x, y, [t] if model.num_blocks > 1 else None)["loss"]
+        for o in [opts[t]] + shared_opt:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in [opts[t]] + shared_opt:
+            o.step()
+    blocks_per_step = cfg.T if method == "backprop" else 1  # the baseline updates all T blocks a step
+    return step, blocks_per_step
 
 
 def throughput(method: str, dataset: str = "mnist", precision: str = "fp32", channels_last: bool = True,
-               batch: int = 128, steps: int = 20, warmup: int = 3, dev=None) -> dict:
+               batch: int = 128, min_run_time: float = 2.0, dev=None) -> dict:
     dev = dev or torch.device("cpu")
-    step, blocks_per_step, flops = _setup(method, dataset, precision, channels_last, batch, dev)
-    for _ in range(warmup):
-        step()
-    device.synchronize(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    device.synchronize(dev)
-    dt = time.perf_counter() - t0
-    bs = batch * blocks_per_step * steps / dt
-    per_block = flops // blocks_per_step
+    step, blocks_per_step = _setup(method, dataset, precision, channels_last, batch, dev)
+    flops = count_flops(step) / (batch * blocks_per_step)  # per block-sample, forward + backward
+    seconds = timed(step, min_run_time, dev=dev)
+    bs = batch * blocks_per_step / seconds
     return {"method": method, "dataset": dataset, "precision": precision, "channels_last": channels_last,
-            "batch": batch, "block_samples_per_s": bs, "train_flops_per_block_sample": 3 * per_block,
-            "gflops": bs * 3 * per_block / 1e9}
+            "batch": batch, "block_samples_per_s": bs, "train_flops_per_block_sample": flops,
+            "gflops": bs * flops / 1e9, "seconds_per_step": seconds}
 
 
 def _rss_kb(field: str) -> int:
@@ -165,7 +148,7 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
     """Runs inside a fresh process: peak RSS growth from training `steps` steps (on CUDA: peak
     allocated GPU memory above the same point)."""
     dev = device.resolve(device_name)
-    step, _, _ = _setup(method, dataset, precision, True, 128, dev)
+    step, _ = _setup(method, dataset, precision, True, 128, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         before = torch.cuda.memory_allocated(dev) / 1024
@@ -174,9 +157,9 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
         before = _rss_kb("VmRSS")
     for _ in range(steps):
         step()
-    peak = device.peak_memory_mb(dev) * 1024
+    peak_kb = device.peak_memory_mb(dev) * 1024
     return {"method": method, "dataset": dataset, "precision": precision, "device": str(dev),
-            "train_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
+            "train_peak_mb": (peak_kb - before) / 1024, "process_peak_mb": peak_kb / 1024}
 
 
 def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11,
@@ -190,68 +173,88 @@ def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def workers_throughput(world: int, T: int = 10, n_train: int = 8192, epochs: int = 1,
-                       precision: str = "auto") -> dict:
-    """Block-samples/s of a real `noprop train --workers N --threads 1` run (paper order). Its
-    training seconds include the end-of-epoch gathering of the blocks on rank 0, a cost per epoch:
-    more images per epoch amortise it, as a full epoch (55,000 images) does."""
+def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epochs: int = 1,
+                       precision: str = "auto", steps: int = 10, extra: tuple = ()) -> dict:
+    """A real `noprop train --workers N --threads 1` run (paper order). images_per_s: training images
+    of the epoch per second (comparable across methods: an image passes all T blocks of DT and of
+    the backprop baseline once an epoch); block_samples_per_s = T x that for DT and backprop. The
+    training seconds include the end-of-epoch gathering of blocks on rank 0 (block groups)."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "noprop", "train", "-T", str(T), "--train-subset", str(n_train),
-                "--precision", precision,
-                "--val-subset", "64", "--epochs", str(epochs), "--eval-runs", "1", "--threads", "1",
-                "--quiet", "--out", f"{tmp}/run", "--workers", str(world)]
+        args = [sys.executable, "-m", "noprop", "train", "--method", method, "--train-subset", str(n_train),
+                "--precision", precision, "--steps", str(steps), "--val-subset", "64", "--test-subset", "100",
+                "--epochs", str(epochs), "--eval-runs", "1", "--threads", "1", "--quiet", "--out", f"{tmp}/run",
+                "--workers", str(world), *extra]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)
         if r.returncode != 0:
-            raise RuntimeError(f"workers={world} run failed:\n{r.stderr}")
+            raise RuntimeError(f"{method} with {world} workers failed:\n{r.stderr}")
         hist = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        result = json.loads(Path(f"{tmp}/run/result.json").read_text())
     secs = sum(h["train_seconds"] for h in hist)
-    n = (n_train // 128) * 128 * T * epochs
-    return {"workers": world, "threads_per_worker": 1, "block_samples_per_s": n / secs, "train_seconds": secs,
-            "images": n_train, "precision": precision, "peak_memory_mb_per_rank": hist[-1].get("peak_memory_mb")}
+    cfg = Config(method=method).validate()
+    blocks = cfg.T if method in ("dt", "backprop") else 1
+    images = (n_train // 128) * 128 * epochs
+    return {"method": method, "workers": world, "threads_per_worker": 1, "images_per_s": images / secs,
+            "block_samples_per_s": images * blocks / secs, "train_seconds": secs, "images": n_train,
+            "precision": result.get("precision", precision), "block_groups": result.get("block_groups"),
+            "peak_memory_mb_per_rank": hist[-1].get("peak_memory_mb")}
 
 
 def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
                      order: str = "paper", out: str | None = None, eval_runs: int = 5,
-                     epochs: int | None = None, lr_schedule: str = "constant", device_name: str = "auto") -> dict:
-    """NoProp-DT on all of MNIST: wall seconds from start (data loading included) until the
-    validation accuracy first reaches `target`, checked after every epoch, or until the budget is
-    spent (or `epochs` are done: a cosine schedule needs a planned length); then the test accuracy
-    of the model at that moment (mean +- s.e. over inference runs), and the wall time with it."""
-    from .evaluate import accuracy_runs, mean_se
-    from .train import Trainer, load_data
-    t0 = time.perf_counter()
+                     epochs: int | None = None, lr_schedule: str = "constant", device_name: str = "auto",
+                     t0: float | None = None, **overrides) -> dict:
+    """NoProp-DT on all of MNIST: wall seconds from t0 (by default: now; the CLI passes its process
+    start) until the validation accuracy first reaches `target`, checked after every epoch, or until
+    the budget is spent (or `epochs` are done: a cosine schedule needs a planned length); then the
+    test accuracy of the model at that moment (mean +- s.e. over inference runs), and the wall time
+    with it."""
+    from .evaluation import accuracy_runs, mean_se
+    from .trainer import Trainer, load_data
+    t0 = time.perf_counter() if t0 is None else t0
     cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
-                 device=device_name).validate()
+                 device=device_name, **overrides).validate()
     data = load_data(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, data, out or f"{tmp}/run", quiet=True)
-        tr.fit(log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", flush=True),
-               stop=lambda h: h[-1]["val_acc"] >= target or time.perf_counter() - t0 > 60 * budget_minutes)
+    tr = Trainer(cfg, data, out, quiet=True)
+    tr.fit(log=lambda s: print(f"[{time.perf_counter() - t0:.0f}s] {s}", flush=True),
+           stop=lambda h: h[-1]["val_acc"] >= target or time.perf_counter() - t0 > 60 * budget_minutes)
     train_wall = time.perf_counter() - t0
     reached = tr.history[-1]["val_acc"] >= target
-    test = accuracy_runs(tr.model, data.test, runs=eval_runs,
-                         autocast_dtype=device.eval_dtype(precision))
+    test = accuracy_runs(tr.model, data.test, runs=eval_runs)
     return {"target_val_acc": target, "reached": reached, "wall_seconds": train_wall,
             "wall_seconds_with_test": time.perf_counter() - t0, "epochs": tr.epoch,
             "val_acc": tr.history[-1]["val_acc"], "val_curve": [h["val_acc"] for h in tr.history],
-            "precision": precision, "order": order, "lr_schedule": lr_schedule, "planned_epochs": epochs,
-            "test_acc_mean": mean_se(test)[0], "test_acc_se": mean_se(test)[1], "test_acc_runs": test}
+            "precision": tr.precision, "order": order, "lr_schedule": lr_schedule, "planned_epochs": epochs,
+            "config": cfg.to_dict(), "test_acc_mean": mean_se(test)[0], "test_acc_se": mean_se(test)[1],
+            "test_acc_runs": test}
+
+
+def _machine_line(m: dict) -> str:
+    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
+    return (f"Machine: {m['cpu']} (CPU class **{m['cpu_class']}**: {', '.join(m['cpu_flags'])}{caps}), "
+            f"{m['cores']} cores, {m['threads']} threads, torch {m['torch']}"
+            + (f"; GPU: {m['gpu']} ({m['device']})" if m.get("gpu") else ""))
 
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads, torch {m['torch']}, "
-             f"native bf16: {m['bf16_native']}" + (f"; GPU: {m['gpu']} ({m['device']})" if m.get("gpu") else ""), ""]
-    if results.get("peak"):
-        p = results["peak"]
-        lines += [f"Measured matmul peak: fp32 {p['fp32']:.0f} GFLOP/s, bf16 {p['bf16']:.0f} GFLOP/s", ""]
+    lines = [_machine_line(m), ""]
+    for note in results.get("notes", []):
+        lines += [f"Note: {note}", ""]
+    pk = results.get("peak") or {}
+    if pk:
+        lines += ["| precision | measured matmul peak (GFLOP/s, 2048 x 2048, best block) | nominal (estimate) |",
+                  "|---|---|---|"]
+        for p, v in pk.items():
+            nominal = f"{v['nominal_gflops']:.0f}" if v.get("nominal_gflops") else "–"
+            lines.append(f"| {p} | {v['measured_gflops']:.0f} | {nominal} |")
+        lines.append("")
     if results.get("throughput"):
-        lines += ["| method | data | precision | block-samples/s | train FLOPs per block-sample | GFLOP/s | "
-                  "share of peak |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| method | data | precision | block-samples/s | train FLOPs per block-sample | GFLOP/s | "
+                  f"share of measured peak ({m['cpu_class']}) |", "|---|---|---|---|---|---|---|"]
         for r in results["throughput"]:
-            peak = results.get("peak", {}).get(r["precision"])
-            share = f"{100 * r['gflops'] / peak:.0f}%" if peak else "–"
+            p = pk.get(r["precision"], {}).get("measured_gflops")
+            share = f"{100 * r['gflops'] / p:.0f}%" if p else "–"
             lines.append(f"| {r['method']} | {r['dataset']} | {r['precision']} | {r['block_samples_per_s']:.0f} | "
                          f"{r['train_flops_per_block_sample'] / 1e6:.1f} M | {r['gflops']:.1f} | {share} |")
         lines.append("")
@@ -278,42 +281,58 @@ def markdown(results: dict) -> str:
                          f"{r['epochs']} | {r['val_acc']:.2f} | {r['test_acc_mean']:.2f} +- {r['test_acc_se']:.2f} |")
         lines.append("")
     if results.get("workers"):
-        lines += ["| workers (1 thread each) | precision | images per epoch | block-samples/s | speed-up | "
-                  "process peak memory per rank (MB) |", "|---|---|---|---|---|---|"]
+        lines += ["| method | workers (1 thread each) | layout (groups x shards) | precision | images/s | "
+                  "block-samples/s | speed-up | process peak memory per rank (MB) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for w in results["workers"]:
-            prec = w.get("precision", "auto")
-            one = next((v["block_samples_per_s"] for v in results["workers"]
-                        if v["workers"] == 1 and v.get("precision", "auto") == prec), None)
-            sp = f"{w['block_samples_per_s'] / one:.2f}x" if one else "–"
-            mem = ", ".join(f"{m:.0f}" for m in w.get("peak_memory_mb_per_rank") or []) or "–"
-            lines.append(f"| {w['workers']} | {prec} | {w.get('images', '?')} | {w['block_samples_per_s']:.0f} | {sp} "
-                         f"| {mem} |")
+            one = next((v["images_per_s"] for v in results["workers"] if v["workers"] == 1
+                        and v["method"] == w["method"] and v["precision"] == w["precision"]), None)
+            sp = f"{w['images_per_s'] / one:.2f}x" if one else "–"
+            g = w.get("block_groups") or 1
+            mem = ", ".join(f"{x:.0f}" for x in w.get("peak_memory_mb_per_rank") or []) or "–"
+            lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g} | {w['precision']} | "
+                         f"{w['images_per_s']:.0f} | {w['block_samples_per_s']:.0f} | {sp} | {mem} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def run(what: list[str], out: str | None, steps: int = 20, precisions=("fp32", "bf16"),
-        methods=("dt", "ct", "fm", "backprop"), workers=(1, 2), target: float = 99.0,
-        budget_minutes: float = 10.0, tta_epochs: int | None = None, lr_schedule: str = "constant",
-        device_name: str = "auto", workers_images: int = 8192) -> dict:
+def default_precisions() -> tuple[list[str], list[str]]:
+    """fp32, and bf16 where it is native; the notes say what was skipped and why."""
+    if device.bf16_native(torch.device("cpu")):
+        return ["fp32", "bf16"], []
+    return ["fp32"], [f"bf16 skipped: this CPU (class {cpu_class()}) has no native bf16, so autocast emulates "
+                      "it through fp32 at a fraction of fp32's speed; ask with --precision bf16 to measure it"]
+
+
+def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", "fm", "backprop"),
+        workers=(1, 2), target: float = 99.0, budget_minutes: float = 10.0, tta_epochs: int | None = None,
+        lr_schedule: str = "constant", device_name: str = "auto", workers_images: int = 8192,
+        min_run_time: float = 2.0, workers_methods=None, t0: float | None = None) -> dict:
     dev = device.resolve(device_name)
-    results: dict = {"machine": machine(dev), "command": " ".join(sys.argv)}
+    notes = []
+    if precisions is None:
+        precisions, notes = default_precisions()
+    results: dict = {"machine": describe(dev), "command": " ".join(["noprop", *sys.argv[1:]]), **provenance(),
+                     "notes": notes}
+    for n in notes:
+        print(n, file=sys.stderr)
+    if "peak" in what or "throughput" in what:
+        results["peak"] = peak(precisions, dev)
     if "throughput" in what:
-        results["peak"] = {"fp32": matmul_peak(torch.float32, dev=dev), "bf16": matmul_peak(torch.bfloat16, dev=dev)}
         rows = []
         for prec in precisions:
             for method in methods:
-                rows.append(throughput(method, "mnist", prec, steps=steps, dev=dev))
-            rows.append(throughput("dt", "cifar10", prec, steps=steps, dev=dev))
+                rows.append(throughput(method, "mnist", prec, min_run_time=min_run_time, dev=dev))
+            rows.append(throughput("dt", "cifar10", prec, min_run_time=min_run_time, dev=dev))
         results["throughput"] = rows
     if "memory" in what:
         results["memory"] = [memory(m, "mnist", "fp32", device_name=str(dev)) for m in methods]
     if "workers" in what:
-        results["workers"] = [workers_throughput(w, n_train=workers_images, precision=p)
-                              for p in precisions for w in workers]
+        results["workers"] = [workers_throughput(w, m, n_train=workers_images, precision=p)
+                              for p in precisions for m in (workers_methods or methods) for w in workers]
     if "tta" in what:
         results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule,
-                                           device_name=str(dev)) for p in precisions]
+                                           device_name=str(dev), t0=t0) for p in precisions]
     md = markdown(results)
     print(md)
     if out:

@@ -1,10 +1,18 @@
 """Checkpoints and result files that cannot execute code on load, written atomically.
 
-A checkpoint is one safetensors file. Nested state (model, optimizers, counters) is split into a
-flat dict of tensors and a JSON skeleton that stands in the file's metadata; loading reads
-tensors and JSON only, never pickle. Every write goes to a temporary file in the same folder,
-is flushed to disk, and is then renamed over the target, so a crash mid-write leaves the previous
-file intact.
+Two kinds of safetensors file, neither ever unpickled:
+
+- **weights** (``last.safetensors``, ``best.safetensors``): the model's ``state_dict`` under its own
+  plain keys, so ``model.load_state_dict(safetensors.torch.load_file(path))`` works on a model built
+  from the run's config, with or without noprop. The metadata (strings, read with safetensors'
+  ``safe_open(...).metadata()``) says what built it: the config, image shape, classes, epoch,
+  package version and git commit.
+- **train state** (``train_state.safetensors``): everything a resume needs (model, optimizers,
+  counters, history). Nested state is split into a flat dict of tensors and a JSON skeleton that
+  stands in the file's metadata.
+
+Every write goes to a temporary file in the same folder, is flushed to disk, and is then renamed
+over the target, so a crash mid-write leaves the previous file intact.
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
-FORMAT = "noprop-checkpoint-1"
+FORMAT = "noprop-checkpoint-1"      # train state (and, before version 0.2, every checkpoint)
+WEIGHTS_FORMAT = "noprop-weights-1"
+JSON_METADATA = ("config", "image_shape", "num_classes", "epoch")  # stored as JSON text
 
 
 class CheckpointError(RuntimeError):
@@ -74,26 +84,69 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """A nested train state (see the module docstring)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _pack(state, tensors, "s")
     data = st_save(tensors, metadata={"format": FORMAT, "state": json.dumps(skeleton)})
     atomic_write_bytes(path, data)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file, by safetensors' own reader."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: cannot read checkpoint (no such file)")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from e
-    try:
-        tensors = st_load(data)
-        # the metadata sits in the JSON header: 8-byte little-endian length, then the header
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError) as e:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a noprop checkpoint (unreadable safetensors: {e})") from e
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return st_load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a noprop checkpoint (unreadable safetensors: {e})") from e
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """A nested train state written by save()."""
+    path = Path(path)
+    meta = read_metadata(path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a noprop checkpoint (format {meta.get('format')!r}, "
+        raise CheckpointError(f"{path}: not a noprop train state (format {meta.get('format')!r}, "
                               f"expected {FORMAT!r})")
-    return _unpack(json.loads(meta["state"]), tensors)
+    return _unpack(json.loads(meta["state"]), _read_tensors(path))
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """A model's state_dict under its own keys, with string metadata (JSON_METADATA fields as JSON)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = {"format": WEIGHTS_FORMAT}
+    meta.update({k: json.dumps(v) if k in JSON_METADATA else str(v) for k, v in metadata.items()
+                 if v is not None})
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata with its JSON values decoded). A checkpoint of the format before
+    version 0.2 (one file with prefixed keys) is read too: its model part is returned."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("format") == FORMAT:  # the old single-file format: convert on the fly
+        state = load(path)
+        return state["model"], {"config": state["config"], "image_shape": state["image_shape"],
+                                "num_classes": state["num_classes"], "epoch": state["epoch"],
+                                "format": FORMAT}
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path}: not a noprop checkpoint (format {meta.get('format')!r}, "
+                              f"expected {WEIGHTS_FORMAT!r})")
+    decoded = dict(meta)
+    for k in JSON_METADATA:
+        if k in decoded:
+            try:
+                decoded[k] = json.loads(decoded[k])
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path}: its metadata field {k!r} is not JSON ({e})") from e
+    return _read_tensors(path), decoded

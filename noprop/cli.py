@@ -1,29 +1,27 @@
-"""The ``noprop`` command: train, evaluate, diagnose."""
+"""The ``noprop`` command: train, evaluate, diagnose, and the tools around them."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from . import checkpoint, device, parallel
 from .checkpoint import CheckpointError
-from .config import LR_SCHEDULES, METHODS, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
+from .config import LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
-from .dt import HEADS
 from .embedding import KINDS
+from .method import load_plugin, method_names
 from .presets import PresetError, get_preset, list_presets
-from .report import collect, load_results, table1_markdown
-from .evaluate import accuracy_runs, block_diagnostics, mean_se
-from .train import DivergenceError, RunDirError, load_data, load_model, threads, train_and_evaluate
+from .trainer import STATE, DivergenceError, RunDirError
 
-USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError, DivergenceError)
+START = time.perf_counter()  # process start (near enough), for wall times measured from it
+USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError,
+               DivergenceError)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +30,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
     p.add_argument("--offline", action="store_true", help="never download (also NOPROP_OFFLINE=1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    _plugin_arg(p)
+
+
+def _plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import a module that registers methods of your own (repeatable; also "
+                   "$NOPROP_PLUGINS, separated by ':'); a run records it in config.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train a model; prints its test accuracy at the end",
-                        description="Train a model. Options left out come from --preset when given, "
-                        "else from the defaults shown (the paper's values for NoProp-DT on MNIST).")
-    S = argparse.SUPPRESS  # unset options stay unset, so a preset's values survive
+                        description="Train a model. Options left out come from --config or --preset when "
+                        "given, else from the defaults shown (the paper's values for NoProp-DT on MNIST).")
+    S = argparse.SUPPRESS  # unset options stay unset, so a preset's or a config file's values survive
 
     def opt(*flags, field_name=None, help="", **kw):
         name = field_name or flags[-1].lstrip("-").replace("-", "_")
@@ -52,25 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr.add_argument("--preset", default=None, help="a row of the paper's Table 3, e.g. mnist-dt "
                     "(`noprop presets` lists them); other options override its fields")
+    tr.add_argument("--config", default=None, metavar="RUN/config.json",
+                    help="repeat a run from its config.json; other options override its fields")
     opt("--dataset", help=f"{', '.join(sorted(DATASETS))}, or a .npz file with x_train, y_train, x_test, y_test")
-    opt("--method", choices=METHODS)
+    opt("--method", help=f"{' | '.join(method_names())}, or one a --plugin registers")
     opt("--embedding", choices=KINDS)
     opt("--embed-dim", type=int, help="dimension of a learned embedding; None means 20")
-    opt("--head", choices=HEADS, help="DT output head")
+    opt("--head", help="DT output head: linear | posterior")
     opt("--posterior-sigma", type=float)
     opt("--epochs", type=int)
-    opt("--batch-size", type=int)
-    opt("--optimizer", choices=OPTIMIZERS, help="None means Table 3's choice for the method")
+    opt("--minutes", type=float, help="training time budget: stop after the epoch or block pass that "
+        "crosses it, then save and evaluate")
+    opt("--batch-size", type=int, help="the global batch (split over the data shards of a parallel run)")
+    opt("--optimizer", choices=OPTIMIZERS, help="None means the method's (Table 3's)")
     opt("--lr", type=float)
     opt("--lr-schedule", choices=LR_SCHEDULES, help="constant (the paper) or cosine decay to 0 over --epochs")
     opt("--weight-decay", type=float)
     opt("-T", "--T", type=int, help="number of blocks (DT, backprop)")
-    opt("--eta", type=float, help="None means the paper's: DT 0.1, CT 1")
+    opt("--eta", type=float, help="None means the method's (the paper's: DT 0.1, CT 1)")
     opt("--schedule-eps", type=float, help="DT cosine schedule squeeze")
     opt("--steps", type=int, help="inference steps of CT / FM / adjoint")
     opt("--solver", help="CT: stochastic | euler | heun; FM: euler | heun; None means the first")
     opt("--fm-sigma", type=float, help="noise of the FM path")
-    opt("--order", choices=ORDERS, help="DT: paper = block by block each epoch; all = every block "
+    opt("--order", choices=ORDERS, help="paper = block by block each epoch; all = every block "
         "on each batch; random = one random block per batch")
     opt("--seed", type=int)
     opt("--val-size", type=int, help="images held out of the training set for validation")
@@ -79,28 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--test-subset", type=int, help="smoke runs only: test on a fixed subset of the test set")
     opt("--precision", choices=PRECISIONS)
     opt("--device", help="auto (CUDA if torch sees a GPU, else CPU) | cpu | cuda | cuda:N")
+    opt("--block-groups", type=int, help="parallel runs: block groups G (workers / G data shards each); "
+        "None chooses")
     tr.add_argument("--augment", action="store_true", default=S,
                     help="random crop (padding 4) and horizontal flip while training (the paper used none)")
     tr.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                     help="keep the default NCHW memory layout")
+    tr.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms, and "
+                    "data-parallel noise independent of the worker count, so a resumed or re-run run ends "
+                    "with exactly the same weights")
     tr.add_argument("--eval-runs", type=int, default=5, help="inference runs for the final test accuracy")
+    tr.add_argument("--ensemble", type=int, default=0, metavar="K", help="also report the K-chain ensemble "
+                    "rule in the final evaluation")
+    tr.add_argument("--eval-train", type=int, default=0, metavar="N", help="also report the accuracy on N "
+                    "training images (Table 1's train column)")
     tr.add_argument("--out", help="run folder (default: runs/<dataset>-<method>-<embedding>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
-    tr.add_argument("--deterministic", action="store_true", help="deterministic algorithms only, so a "
-                    "resumed run ends with exactly the weights of an uninterrupted one")
-    tr.add_argument("--workers", type=int, default=1, help="block-parallel NoProp-DT over this many "
-                    "processes on this machine (gloo); --threads is then per worker (default: cores / N). "
-                    "Under torchrun the world size comes from torchrun instead")
+    tr.add_argument("--workers", type=int, default=1, help="train in this many processes on this machine "
+                    "(torch's elastic launcher; gloo, or NCCL on CUDA); --threads is then per worker "
+                    "(default: cores / N). Under torchrun the world size comes from torchrun instead")
+    tr.add_argument("--max-restarts", type=int, default=0, help="with --workers: restart the workers this "
+                    "many times after a failure, resuming from the last checkpoint")
     _data_args(tr)
 
     ev = sub.add_parser("evaluate", help="test accuracy of a checkpoint, mean +- s.e. over inference runs")
     ev.add_argument("checkpoint")
     ev.add_argument("--runs", type=int, default=5)
     ev.add_argument("--seed", type=int, default=0, help="first inference seed")
-    ev.add_argument("--split", default="test", choices=("test", "val"))
+    ev.add_argument("--split", default="test", choices=("test", "val", "train"))
     ev.add_argument("--no-noise", dest="noise", action="store_false",
                     help="deterministic inference: drop the sqrt(c_t) eps term of Eq. 3")
+    ev.add_argument("--ensemble", type=int, default=1, metavar="K", help="average the class probabilities "
+                    "of K stochastic chains per image")
+    ev.add_argument("--all-rules", action="store_true", help="report the stochastic, no-noise and ensemble "
+                    "(--ensemble K, default 10) rules side by side")
     ev.add_argument("--steps", type=int, help="inference steps for CT / FM / adjoint (default: the run's)")
     ev.add_argument("--solver", help="CT: stochastic | euler | heun; FM: euler | heun (default: the run's)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -117,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="run the paper's grid under a time budget (resumable) and write "
                         "a report folder: Table 1 and Table 2 beside the paper's, and figures")
     rp.add_argument("--datasets", nargs="+", default=["mnist"])
-    rp.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    rp.add_argument("--methods", nargs="+", default=["dt", "ct", "fm", "backprop", "adjoint"])
     rp.add_argument("--embeddings", nargs="+", default=["one-hot", "learned", "prototype"], choices=KINDS)
     rp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     rp.add_argument("--budget-hours", type=float, default=2.0, help="no new cell starts after this long")
@@ -137,19 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="measure training throughput, FLOPs, memory and block-parallel "
                         "speed-up; prints and saves tables")
-    bn.add_argument("--what", nargs="+", default=["throughput", "memory", "workers"],
-                    choices=("throughput", "memory", "workers", "tta"),
-                    help="tta: time to a validation accuracy on full MNIST (minutes per precision)")
+    bn.add_argument("--what", nargs="+", default=["peak", "throughput", "memory"],
+                    choices=("peak", "throughput", "memory", "workers", "tta"),
+                    help="peak: the matmul peak alone; workers: real --workers runs of each method at 1 and 2 "
+                    "processes; tta: time to a validation accuracy on full MNIST")
     bn.add_argument("--target", type=float, default=99.0, help="tta: validation accuracy to reach (%%)")
     bn.add_argument("--budget-minutes", type=float, default=10.0, help="tta: give up after this long")
-    bn.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    bn.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), help="default: fp32, and bf16 where "
+                    "the CPU computes it natively (elsewhere it is emulated, and skipped unless asked for)")
+    bn.add_argument("--methods", nargs="+", default=["dt", "ct", "fm", "backprop"], help="throughput, memory "
+                    "and workers rows")
     bn.add_argument("--tta-epochs", type=int, help="tta: planned epochs (needed by --lr-schedule cosine)")
     bn.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help="tta: learning-rate schedule")
-    bn.add_argument("--steps", type=int, default=20, help="timed training steps per throughput row")
+    bn.add_argument("--seconds", type=float, default=2.0, help="timed seconds per throughput row (after warm-up)")
     bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
+    _plugin_arg(bn)
 
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
@@ -162,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(a: argparse.Namespace) -> Config:
-    """Defaults, then the preset's fields, then every option given on the command line."""
+    """Defaults, then --config's or --preset's fields, then every option given on the command line."""
+    if a.preset and a.config:
+        raise ConfigError("--config and --preset: give one (a config file already holds every field)")
     fields = get_preset(a.preset) if a.preset else {}
+    if a.config:
+        fields = Config.from_json_file(a.config).to_dict()
     names = {f.name for f in dataclasses.fields(Config)}
     fields.update({k: v for k, v in vars(a).items() if k in names})
+    fields["plugins"] = list(dict.fromkeys(list(fields.get("plugins") or []) + a.plugin))
     return Config(**fields).validate()
 
 
@@ -174,70 +206,75 @@ def _fmt(mean: float, se: float) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from . import models, trainer
     cfg = _config_from_args(a)
-    if a.eval_runs < 1:
-        raise ConfigError("--eval-runs: must be >= 1")
-    if a.workers < 1:
-        raise ConfigError("--workers: must be >= 1")
+    for option, value in (("--eval-runs", a.eval_runs), ("--workers", a.workers)):
+        if value < 1:
+            raise ConfigError(f"{option}: must be >= 1, got {value}")
+    for option, value in (("--max-restarts", a.max_restarts), ("--ensemble", a.ensemble),
+                          ("--eval-train", a.eval_train)):
+        if value < 0:
+            raise ConfigError(f"{option}: must be >= 0, got {value}")
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
     out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
-    d = parallel.init_from_env(cfg.device)
-    if a.workers > 1 and not d.active:  # this process launches the workers and waits for them
-        parallel.check_parallel(cfg, a.workers)
-        return parallel.launch(a.workers, a.argv + ([] if a.out else ["--out", str(out)]), a.threads)
-    parallel.check_parallel(cfg, d.world)
-    finished = False
-    try:
-        code = _train(a, cfg, out, d)
-        finished = True
-        return code
-    finally:
-        parallel.shutdown(wait=finished)  # after an error, leave without waiting for the others
-
-
-def _train(a: argparse.Namespace, cfg: Config, out: Path, d: parallel.Dist) -> int:
-    t0 = time.perf_counter()
-    if a.deterministic:
-        torch.use_deterministic_algorithms(True)
-    data = load_data(cfg, a.data_dir, a.download)
-    if d.main:
-        print(f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
-              f"{len(data.test)} test; run folder {out}" + (f"; {d.world} workers" if d.active else ""))
-    result = train_and_evaluate(cfg, data, out, eval_runs=a.eval_runs, resume=a.resume, quiet=a.quiet, dist=d,
-                                t0=t0)
-    if d.main:
-        print(f"test accuracy (final model, {a.eval_runs} inference runs): "
-              f"{_fmt(result['test_acc_mean'], result['test_acc_se'])}")
+    if a.resume and not ((out / STATE).exists() or (out / trainer.LAST).exists()):
+        raise RunDirError(f"--resume: {out} holds no run to continue; check the folder, or leave out --resume "
+                          "to start a new run there")
+    options = {"eval_runs": a.eval_runs, "resume": a.resume, "quiet": a.quiet, "data_dir": a.data_dir,
+               "download": a.download, "threads": a.threads, "ensemble": a.ensemble, "train_images": a.eval_train}
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    if a.workers > 1 and not under_torchrun:  # this process launches the workers and waits for them
+        groups = parallel.choose_groups(models.blocks_for(cfg), a.workers, cfg.block_groups)
+        parallel.check_layout(cfg, models.blocks_for(cfg), parallel.Dist(0, a.workers, groups))
+        return parallel.launch(trainer.worker, (cfg.to_dict(), str(out), options), a.workers, a.threads,
+                               a.max_restarts)
+    trainer.worker(cfg.to_dict(), str(out), options)
     return 0
 
 
 def _load_for_eval(a: argparse.Namespace):
-    model, cfg, _ = load_model(a.checkpoint, a.device)
-    data = load_data(cfg, a.data_dir, a.download)
-    return model, cfg, getattr(data, a.split)
+    from .models import load
+    from .trainer import load_data
+    model = load(a.checkpoint, a.device)
+    data = load_data(model.config, a.data_dir, a.download)
+    return model, model.config, getattr(data, a.split)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluation import rules_accuracy
     if a.runs < 1:
         raise ConfigError("--runs: must be >= 1")
+    if a.ensemble < 1:
+        raise ConfigError(f"--ensemble: must be >= 1, got {a.ensemble}")
     model, cfg, split = _load_for_eval(a)
     overrides = {k: v for k, v in (("steps", a.steps), ("solver", a.solver)) if v is not None}
     if overrides:
-        if cfg.method not in ("ct", "fm", "adjoint"):
-            raise ConfigError(f"--steps/--solver: apply to ct, fm and adjoint, not {cfg.method}")
+        if not type(model).solvers:
+            raise ConfigError(f"--steps/--solver: apply to methods that integrate over steps "
+                              f"({', '.join(n for n in method_names() if _solvers(n))}), not {cfg.method}")
         Config(**{**cfg.to_dict(), **overrides}).validate()  # names a bad value before any work
-    precision = device.resolve_precision(cfg.precision, next(model.parameters()).device)  # as in training
-    accs = accuracy_runs(model, split, runs=a.runs, noise=a.noise, seed=a.seed, batch_size=cfg.eval_batch_size,
-                         channels_last=cfg.channels_last, autocast_dtype=device.eval_dtype(precision),
-                         **overrides)
-    m, se = mean_se(accs)
-    if a.json:
-        print(json.dumps({"split": a.split, "runs": accs, "mean": m, "se": se, "noise": a.noise}))
+    if a.all_rules:
+        rules, k = ("stochastic", "no-noise", "ensemble"), (a.ensemble if a.ensemble > 1 else 10)
     else:
-        kind = "stochastic" if a.noise else "noise-free"
-        print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {_fmt(m, se)}")
+        rules, k = (("ensemble",) if a.ensemble > 1 else ("stochastic",) if a.noise else ("no-noise",)), a.ensemble
+    res = rules_accuracy(model, split, a.runs, k, a.seed, rules, **overrides)
+    if a.json:
+        if len(res) == 1:
+            (rule, r), = res.items()
+            print(json.dumps({"split": a.split, "rule": rule, "noise": a.noise, **r}))
+        else:
+            print(json.dumps({"split": a.split, "rules": res}))
+    else:
+        for rule, r in res.items():
+            kind = {"stochastic": "stochastic", "no-noise": "noise-free"}.get(rule, rule)
+            print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {_fmt(r['mean'], r['se'])}")
     return 0
+
+
+def _solvers(name: str) -> tuple:
+    from .method import get_method
+    return get_method(name).solvers
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
@@ -246,6 +283,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
+    from .report import collect, load_results, table1_markdown
     results, skipped = load_results(a.runs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
@@ -284,41 +322,60 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
-    if a.steps < 1:
-        raise ConfigError("--steps: must be >= 1")
+    if a.seconds <= 0:
+        raise ConfigError(f"--seconds: must be > 0, got {a.seconds}")
     if a.lr_schedule == "cosine" and not a.tta_epochs:
         raise ConfigError("--lr-schedule cosine: give --tta-epochs, the length the schedule decays over")
-    bench.run(a.what, a.out, steps=a.steps, precisions=tuple(a.precision), target=a.target,
+    for m in a.methods:
+        Config(method=m).validate()  # names an unknown method before any work
+    bench.run(a.what, a.out, precisions=a.precision, methods=tuple(a.methods), target=a.target,
               budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
-              device_name=a.device, workers_images=a.workers_images)
+              device_name=a.device, workers_images=a.workers_images, min_run_time=a.seconds, t0=START)
     return 0
 
 
 def cmd_diagnose(a: argparse.Namespace) -> int:
+    from .diagnose import chain_analysis, table
     model, cfg, split = _load_for_eval(a)
-    if cfg.method != "dt":
-        raise ConfigError(f"diagnose: per-block diagnostics are for NoProp-DT; this checkpoint is {cfg.method}")
-    diag = block_diagnostics(model, split, seed=a.seed, batch_size=cfg.eval_batch_size,
-                             channels_last=cfg.channels_last)
+    diag = chain_analysis(model, split, seed=a.seed, batch_size=cfg.eval_batch_size)
     if a.json:
         print(json.dumps(diag))
         return 0
-    print(f"{a.split} accuracy (%) per step t; 'block' is fed z_(t-1) ~ q(z_(t-1)|y), 'chain' and "
-          "'head' run from z_0 ~ N(0, I)")
-    print(f"{'t':>3} {'block':>8} {'chain':>8} {'head':>8}")
-    for t in range(model.T):
-        print(f"{t + 1:>3} {diag['block'][t]:8.2f} {diag['chain'][t]:8.2f} {diag['head'][t]:8.2f}")
+    print(f"{a.split} accuracy (%) per step t of the inference chain ({len(split)} images). (a)-(d): block t's "
+          "own logits fed (a) z ~ q(z_(t-1)|y) [built from the label: a diagnostic], (b) the chain's "
+          "z_(t-1), (c) pure noise, (d) zeros; 'head': the output head on z_t along the chain")
+    print(table(diag))
     return 0
+
+
+def _early_plugins(argv: list[str]) -> list[str]:
+    """--plugin values, read before the parser is built."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            out.append(arg.split("=", 1)[1])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    env_plugins = [p for p in os.environ.get("NOPROP_PLUGINS", "").split(":") if p]
+    try:
+        for spec in env_plugins + _early_plugins(argv):  # before parsing: --method help lists them
+            load_plugin(spec)
+    except USER_ERRORS as e:
+        print(f"noprop: error: {e}", file=sys.stderr)
+        return 2
     a = build_parser().parse_args(argv)
     a.argv = argv
+    if hasattr(a, "plugin"):
+        a.plugin = env_plugins + a.plugin
     if getattr(a, "offline", False):
         os.environ["NOPROP_OFFLINE"] = "1"
     try:
-        with threads(getattr(a, "threads", None)):
+        with device.threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
                     "presets": cmd_presets, "table": cmd_table, "bench": cmd_bench,
                     "reproduce": cmd_reproduce}[a.command](a)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from .embedding import KINDS as EMBEDDINGS
 
-METHODS = ("dt", "ct", "fm", "backprop", "adjoint")
 OPTIMIZERS = ("adamw", "adam")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -23,20 +22,21 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     dataset: str = "mnist"
-    method: str = "dt"              # dt | ct | fm | backprop | adjoint
+    method: str = "dt"              # a registered method: dt | ct | fm | backprop | adjoint | cnn | yours
     embedding: str = "one-hot"      # one-hot | learned | prototype
     embed_dim: int | None = None    # learned: 20 by default; prototype: C*H*W (fixed)
     head: str = "linear"            # linear (Eq. 14) | posterior (Eq. 15-16)
     posterior_sigma: float = 1.0    # sigma of the posterior head: not given in the paper
     T: int = 10
-    eta: float | None = None        # None: the paper's value for the method (DT 0.1, CT 1)
+    eta: float | None = None        # None: the method's own default (the paper's: DT 0.1, CT 1)
     schedule_eps: float = 0.01      # cosine schedule squeezed into [eps, 1-eps]: see schedule.py
     steps: int = 1000               # inference steps of CT / FM / adjoint (paper: 1000); DT uses T
-    solver: str | None = None       # ct: stochastic (default) | euler | heun;  fm: euler (default) | heun
+    solver: str | None = None       # None: the method's first solver (ct: stochastic | euler | heun;
+                                    # fm: euler | heun; adjoint: euler)
     fm_sigma: float = 0.0           # sigma of the FM path: not given in the paper
     epochs: int = 100
-    optimizer: str | None = None    # adamw | adam; None: Table 3's (AdamW for DT, backprop, adjoint;
-                                    # Adam for CT, FM)
+    optimizer: str | None = None    # adamw | adam; None: the method's default, Table 3's (AdamW for
+                                    # DT, backprop, adjoint; Adam for CT, FM)
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"   # constant (the paper) | cosine: lr * (1 + cos(pi * progress)) / 2,
@@ -58,44 +58,51 @@ class Config:
     augment: bool = False           # random crop (pad 4) + horizontal flip; the paper used none
     eval_batch_size: int = 1000
     test_curve: bool = False        # also record test accuracy each epoch, for plots (never for selection)
+    minutes: float | None = None    # training time budget: stop after the epoch or block pass that
+                                    # crosses it (then save and evaluate as usual)
+    deterministic: bool = False     # deterministic kernels, and data-parallel noise drawn for the whole
+                                    # global batch, so results do not depend on the worker count
+    block_groups: int | None = None  # parallel runs: G block groups x (workers / G) data shards;
+                                    # None: chosen by parallel.choose_groups
+    plugins: list = field(default_factory=list)  # modules / .py files that register methods (--plugin)
     extra: dict = field(default_factory=dict)
 
-    def validate(self) -> "Config":
-        """Check every field and fill the method-dependent defaults (eta, optimizer)."""
+    def validate(self) -> Config:
+        """Check every field and fill the method-dependent defaults (eta, optimizer, solver)."""
         from .data import DATASETS, is_npz
         from .device import valid_name as valid_device
-        from .dt import HEADS
+        from .method import get_method, load_plugin
 
         def need(cond: bool, option: str, msg: str):
             if not cond:
                 raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
 
+        for spec in self.plugins:
+            load_plugin(spec)
         need(self.dataset in DATASETS or is_npz(self.dataset), "dataset", f"unknown dataset "
              f"{self.dataset!r}; choose one of {', '.join(DATASETS)} or a path to a .npz file")
-        need(self.method in METHODS, "method", f"unknown method {self.method!r}; choose one of "
-             f"{', '.join(METHODS)}")
-        if self.eta is None:
-            self.eta = 1.0 if self.method == "ct" else 0.1
-        if self.optimizer is None:
-            self.optimizer = "adam" if self.method in ("ct", "fm") else "adamw"
+        method = get_method(self.method)
+        for name, value in {"optimizer": "adamw", **method.defaults}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         need(self.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer {self.optimizer!r}; choose "
              f"one of {', '.join(OPTIMIZERS)}")
         need(isinstance(self.steps, int) and self.steps >= 1, "steps", f"must be an integer >= 1, got {self.steps}")
-        solvers = {"ct": ("stochastic", "euler", "heun"), "fm": ("euler", "heun")}.get(self.method, ())
-        need(self.solver is None or self.solver in solvers, "solver",
+        if self.solver is None and method.solvers:
+            self.solver = method.solvers[0]
+        need(self.solver is None or self.solver in method.solvers, "solver",
              f"{self.solver!r} does not apply to method {self.method}" + (
-                 f"; choose one of {', '.join(solvers)}" if solvers else ""))
+                 f"; choose one of {', '.join(method.solvers)}" if method.solvers else " (it has no solver)"))
         need(self.fm_sigma >= 0, "fm_sigma", f"must be >= 0, got {self.fm_sigma}")
         need(self.embedding in EMBEDDINGS, "embedding", f"unknown embedding {self.embedding!r}; "
              f"choose one of {', '.join(EMBEDDINGS)}")
-        need(self.head in HEADS, "head", f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         need(self.order in ORDERS, "order", f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
         need(valid_device(self.device), "device", f"unknown device {self.device!r}; choose auto, cpu, cuda "
              "or cuda:N")
         need(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose "
              f"one of {', '.join(PRECISIONS)}")
         need(isinstance(self.T, int) and self.T >= 1, "T", f"must be an integer >= 1, got {self.T}")
-        need(self.eta > 0, "eta", f"must be > 0, got {self.eta}")
+        need(self.eta is None or self.eta > 0, "eta", f"must be > 0, got {self.eta}")
         need(0 < self.schedule_eps < 0.5, "schedule_eps", f"must be in (0, 0.5), got {self.schedule_eps}")
         need(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
         need(self.batch_size >= 2, "batch_size", f"must be >= 2 (BatchNorm needs two examples), got "
@@ -110,6 +117,10 @@ class Config:
         need(self.train_subset is None or self.train_subset >= 1, "train_subset",
              f"must be >= 1, got {self.train_subset}")
         need(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        need(self.minutes is None or self.minutes > 0, "minutes", f"must be > 0, got {self.minutes}")
+        need(self.block_groups is None or self.block_groups >= 1, "block_groups",
+             f"must be >= 1, got {self.block_groups}")
+        method.check_config(self)
         return self
 
     # --- serialisation -------------------------------------------------------------------------
@@ -120,14 +131,35 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_json_file(cls, path) -> Config:
+        """A run's config.json (``noprop train --config``); the message names the file when it is
+        not one."""
+        from pathlib import Path
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"--config: cannot read {path} ({e.strerror})") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config: {path} is not JSON ({e}); give a run's config.json") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"--config: {path} holds no configuration object; give a run's config.json")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"--config {path}: {e}") from e
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
         return cls(**d).validate()  # also fills defaults that older config files lack
 
-    def differences(self, other: "Config", ignore=("epochs", "device")) -> list[str]:
-        """Fields that differ (a resumed run may extend the number of epochs, or move device)."""
+    def differences(self, other: Config, ignore=("epochs", "device", "minutes", "plugins", "deterministic",
+                                                   "block_groups", "test_curve", "eval_batch_size")) -> list[str]:
+        """Fields that differ, but for those a resumed run may change (more epochs, another device or
+        time budget, another layout of workers)."""
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in ignore and a[k] != b[k]]

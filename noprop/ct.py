@@ -19,20 +19,30 @@ Inference over N steps (paper: 1000), three samplers (``solver``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import randn
+from . import noise
 from .embedding import ClassEmbedding
+from .method import ChainStep, Method, register_method
 from .nets import TimeNet
 from .ode import integrate
-from .schedule import LearnedSchedule, kl_to_standard_normal, posterior_coefficients, q_sample
+from .schedule import LearnedSchedule, kl_to_standard_normal, q_sample
 
 CT_SOLVERS = ("stochastic", "euler", "heun")
 
 
-class NoPropCT(nn.Module):
+@register_method
+class NoPropCT(Method):
+    name = "ct"
+    display_name = "NoProp-CT"
+    listing_order = 2
+    solvers = CT_SOLVERS
+    defaults = {"eta": 1.0, "optimizer": "adam"}
+
     def __init__(self, image_shape, embedding: ClassEmbedding, eta: float = 1.0, steps: int = 1000,
                  solver: str = "stochastic", schedule: LearnedSchedule | None = None, dropout: float = 0.2):
         super().__init__()
@@ -46,6 +56,10 @@ class NoPropCT(nn.Module):
         self.schedule = schedule or LearnedSchedule()
         self.head = nn.Linear(embedding.dim, self.num_classes)
 
+    @classmethod
+    def from_config(cls, cfg, image_shape, num_classes, embedding):
+        return cls(image_shape, embedding, eta=cfg.eta, steps=cfg.steps, solver=cfg.solver)
+
     def u_hat(self, z, x, t, features=None):
         logits = self.net(z, x, t, features)
         return logits, self.embed.mix(logits)
@@ -53,7 +67,7 @@ class NoPropCT(nn.Module):
     def classify(self, z_1: torch.Tensor) -> torch.Tensor:
         return self.head(z_1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
         """The per-minibatch loss of Alg. 2."""
         u = self.embed(y)
         one = torch.ones(1, device=x.device)
@@ -61,7 +75,7 @@ class NoPropCT(nn.Module):
         z_1 = q_sample(u, ab_ends[1])
         ce = F.cross_entropy(self.classify(z_1), y)
         kl = kl_to_standard_normal(u, ab_ends[0]).mean()
-        t = torch.rand(len(y), device=x.device)
+        t = noise.rand(len(y), x.device)
         z_t = q_sample(u, self.schedule.alpha_bar(t)[:, None])
         _, u_hat = self.u_hat(z_t, x, t)
         sq = (u_hat - u).pow(2).sum(-1)
@@ -69,21 +83,20 @@ class NoPropCT(nn.Module):
         return {"loss": ce + kl + self.eta / 2 * l2, "ce": ce, "kl": kl, "l2": sq.mean()}
 
     @torch.no_grad()
-    def final_latent(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,
-                     solver: str | None = None) -> torch.Tensor:
+    def chain(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,
+              solver: str | None = None) -> Iterator[ChainStep]:
+        """z at each of the N steps from z_0 ~ N(0, I) (the logits are those of the step's u_hat)."""
         steps, solver = steps or self.steps, solver or self.solver
         z = self.embed.noise(len(x), generator, x.device)
         feats = self.net.image_features(x)  # once per image, reused at every step
-        grid = torch.linspace(0, 1, steps + 1, device=x.device)
-        ab = self.schedule.alpha_bar(grid).double()
         if solver == "stochastic":
-            a, b, c = (v.float() for v in posterior_coefficients(ab))
-            for k in range(steps):
-                _, u_hat = self.u_hat(z, x, grid[k], feats)
-                z = a[k] * u_hat + b[k] * z
-                if noise:
-                    z = z + c[k].sqrt() * randn(z.shape, generator, x.device)
-            return z
+            grid = self.schedule.discretize(steps)
+            for k in range(1, steps + 1):
+                t = torch.tensor((k - 1) / steps, device=x.device)
+                logits, u_hat = self.u_hat(z, x, t, feats)
+                z = grid.step(k, u_hat, z, noise, generator)  # Eq. 3 on the grid t_k = k / N
+                yield ChainStep(k, z, logits)
+            return
 
         def velocity(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             tt = t.reshape(1).to(x.device)
@@ -96,8 +109,5 @@ class NoPropCT(nn.Module):
             eps_hat = (z - ab_t.sqrt() * u_hat) / (1 - ab_t).sqrt()
             return dab / (2 * ab_t.sqrt()) * u_hat - dab / (2 * (1 - ab_t).sqrt()) * eps_hat
 
-        return integrate(velocity, z, steps, solver)
-
-    @torch.no_grad()
-    def predict(self, x, noise: bool = True, generator=None, **kw) -> torch.Tensor:
-        return self.classify(self.final_latent(x, noise, generator, **kw)).argmax(-1)
+        for k, z_k in enumerate(integrate(velocity, z, steps, solver, trajectory=True), 1):
+            yield ChainStep(k, z_k)

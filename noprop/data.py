@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import DataError, RemoteFile, download, safe_extract, verify_file
+from .download import DataError, RemoteFile, digest_of, download, safe_extract, verify_file
 
 BUNDLED = Path(__file__).parent / "_bundled"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -184,7 +184,16 @@ def locate_files(name: str, files: dict[str, RemoteFile], data_dir=None, allow_d
             raise DataError(f"{d}: holds some {name} files but lacks {', '.join(missing)}; "
                             "add them or remove the partial copy")
         for k, p in paths.items():
-            verify_file(p, files[k])
+            try:
+                verify_file(p, files[k])
+            except DataError:
+                other = identify_idx_file(p)
+                if other is not None and other != name:
+                    raise DataError(f"{p}: this is the official {other} file {p.name}, not {name}'s (a valid "
+                                    f"file of another dataset; nothing is wrong with it). Point --data-dir at a "
+                                    f"folder holding the {name} files (noprop looks in DIR/{name}/ before DIR/), "
+                                    f"or train on it with --dataset {other}") from None
+                raise
         return d, paths
     if allow_download:
         target = download_root(name, data_dir)
@@ -192,9 +201,26 @@ def locate_files(name: str, files: dict[str, RemoteFile], data_dir=None, allow_d
             if not (target / f.name).exists():
                 download([m + f.name for m in mirrors], target / f.name, f)
         return target, {k: target / f.name for k, f in files.items()}
-    raise DataError(f"{name} files not found. Looked in: {', '.join(looked)}. Pass --data-dir DIR "
-                    f"holding {', '.join(f.name for f in files.values())}, set NOPROP_DATA, or "
-                    "allow --download")
+    raise DataError(f"{name} files not found{_looked(looked)}. Pass --data-dir DIR holding "
+                    f"{', '.join(f.name for f in files.values())}, set NOPROP_DATA, or allow --download")
+
+
+def _looked(folders: list[str]) -> str:
+    return f" (looked in {', '.join(folders)})" if folders else " (no folder to look in was given)"
+
+
+def identify_idx_file(path: Path) -> str | None:
+    """The dataset whose official file `path` is (by name, size and checksum), or None."""
+    size, digests = path.stat().st_size, {}
+    for dataset, (files, _) in IDX_DATASETS.items():
+        for spec in files.values():
+            if spec.name != path.name or (spec.size is not None and spec.size != size):
+                continue
+            if spec.algo not in digests:
+                digests[spec.algo] = digest_of(path, spec.algo)
+            if digests[spec.algo] == spec.digest:
+                return dataset
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,9 +291,8 @@ def load_cifar(name: str, data_dir=None, allow_download=False, val_size=5000, sp
         looked.append(str(d))
     if where is None:
         if not allow_download:
-            raise DataError(f"{name} not found. Looked in: {', '.join(looked) or '(no folder given)'} for "
-                            f"{folder}/ or {tarball.name}. Pass --data-dir DIR holding either, set "
-                            "NOPROP_DATA, or allow --download")
+            raise DataError(f"{name} not found{_looked(looked)}: noprop needs {folder}/ or {tarball.name}. "
+                            "Pass --data-dir DIR holding either, set NOPROP_DATA, or allow --download")
         target = download_root(name, data_dir)
         download([u + tarball.name for u in (mirrors or (CIFAR_URL,))], target / tarball.name, tarball)
         safe_extract(target / tarball.name, target)
@@ -311,7 +336,8 @@ def load_npz(path: str | os.PathLike, val_size=5000, split_seed=0, **_) -> Datas
             raise DataError(f"{path}: {k} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W]")
         xs[k] = x
     if xs["x_train"].shape[1:] != xs["x_test"].shape[1:]:
-        raise DataError(f"{path}: x_train images {xs['x_train'].shape[1:]} differ from x_test's {xs['x_test'].shape[1:]}")
+        raise DataError(f"{path}: x_train images {xs['x_train'].shape[1:]} differ from x_test's "
+                        f"{xs['x_test'].shape[1:]}")
     for xk, yk in (("x_train", "y_train"), ("x_test", "y_test")):
         y = arrays[yk]
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):

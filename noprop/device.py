@@ -17,6 +17,7 @@ evaluates on a CPU and the other way round (checkpoints are always written from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -53,22 +54,12 @@ def resolve(name: str = "auto", local_rank: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def bf16_native(device: torch.device) -> bool:
     """Whether the device computes in bf16 natively (not emulated through fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    from .machine import bf16_native_cpu
+    return bf16_native_cpu()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -95,9 +86,11 @@ def eval_dtype(precision: str) -> torch.dtype | None:
 
 def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
     """N(0, I) noise. With a (CPU) generator: drawn on the CPU and moved, so the numbers do not
-    depend on the device; without one: drawn on the device from its default generator."""
+    depend on the device; without one (training): drawn on the device from its default generator,
+    through noise.randn (a data-parallel rank's slice of the global batch's draw)."""
     if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
+        from .noise import randn as batch_randn
+        return batch_randn(shape, device, dtype)
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
 
@@ -120,3 +113,15 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (timing); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """torch's intra-op CPU threads set to n inside the block (None: unchanged)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

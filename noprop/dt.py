@@ -17,22 +17,31 @@ Choices the paper leaves open, made here (and listed in the README):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import randn
 from .embedding import ClassEmbedding
+from .method import ChainStep, Method, register_method
 from .nets import DTBlock
-from .schedule import CosineSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
+from .schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
 
 HEADS = ("linear", "posterior")
 
 
-class NoPropDT(nn.Module):
+@register_method
+class NoPropDT(Method):
+    name = "dt"
+    display_name = "NoProp-DT"
+    listing_order = 1
+    defaults = {"eta": 0.1, "optimizer": "adamw"}
+    per_block_metrics = ("l2",)
+
     def __init__(self, image_shape: tuple[int, int, int], embedding: ClassEmbedding, T: int = 10,
                  eta: float = 0.1, head: str = "linear", posterior_sigma: float = 1.0,
-                 schedule: CosineSchedule | None = None, dropout: float = 0.2):
+                 schedule: DiscreteSchedule | None = None, dropout: float = 0.2):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -41,23 +50,46 @@ class NoPropDT(nn.Module):
         schedule = schedule or CosineSchedule(T)
         if schedule.T != T:
             raise ValueError(f"the schedule has T = {schedule.T} but the model T = {T}")
-        validate_alpha_bar(schedule.alpha_bar)
+        validate_alpha_bar(schedule.alpha_bar)  # pitfall 1: refuse a reversed schedule however it was made
         self.T, self.eta, self.head_kind, self.posterior_sigma = T, eta, head, posterior_sigma
         self.num_classes = embedding.num_classes
         self.embed = embedding
+        self.schedule = schedule
         prototype = embedding.kind == "prototype"
         self.blocks = nn.ModuleList(
             DTBlock(image_shape, embedding.dim, self.num_classes, prototype=prototype, dropout=dropout)
             for _ in range(T))
         self.head = nn.Linear(embedding.dim, self.num_classes)  # f_theta_out of Eq. 14
-        a, b, c = schedule.posterior_coefficients()
-        # float32 copies of the schedule for the forward pass (computed in float64 above)
-        self.register_buffer("alpha_bar", schedule.alpha_bar.float())
-        self.register_buffer("coef_a", a.float())
-        self.register_buffer("coef_b", b.float())
-        self.register_buffer("coef_c", c.float())
+        self.alpha_bar = schedule.alpha_bar.tolist()
         # (T/2) * eta * (SNR(t) - SNR(t-1)), index t-1: the weight of block t's L2 term (Eq. 8/61)
-        self.register_buffer("l2_weight", (T / 2 * eta * schedule.snr_delta).float())
+        self.l2_weight = schedule.loss_weights(eta)
+
+    @classmethod
+    def from_config(cls, cfg, image_shape, num_classes, embedding):
+        return cls(image_shape, embedding, T=cfg.T, eta=cfg.eta, head=cfg.head,
+                   posterior_sigma=cfg.posterior_sigma, schedule=CosineSchedule(cfg.T, cfg.schedule_eps))
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        from .config import ConfigError
+        if cfg.head not in HEADS:
+            raise ConfigError(f"--head: unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
+
+    # --- the method interface -------------------------------------------------------------------
+    @classmethod
+    def blocks_for(cls, cfg) -> int:
+        return cfg.T
+
+    @property
+    def num_blocks(self) -> int:
+        return self.T
+
+    def block_parameters(self, t: int) -> list[nn.Parameter]:
+        return list(self.blocks[t - 1].parameters())
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The output head and a learned W_Embed: every block's L_t trains them (Eq. 61)."""
+        return list(self.head.parameters()) + ([self.embed.weight] if self.embed.trainable else [])
 
     # --- pieces of the model -----------------------------------------------------------------
     def u_hat(self, t: int, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,29 +123,33 @@ class NoPropDT(nn.Module):
         _, u_hat = self.u_hat(t, z_prev, x)
         return (u_hat - u).pow(2).sum(-1).mean()
 
-    def block_loss(self, t: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L_t of Eq. 61 for block t (1-based), with its parts."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 61 summed over the given blocks: CE + KL + sum_t (T/2) eta (SNR(t) - SNR(t-1)) L2_t.
+        For one block this is L_t; for several, each block still gets exactly the gradient of its
+        own L_t (no gradient crosses blocks), while CE + KL are counted once."""
+        blocks = list(range(1, self.T + 1)) if blocks is None else blocks
         ce, kl = self.shared_loss(y)
-        l2 = self.denoise_loss(t, x, y)
-        return {"loss": ce + kl + self.l2_weight[t - 1] * l2, "ce": ce, "kl": kl, "l2": l2}
+        l2 = torch.stack([self.denoise_loss(t, x, y) for t in blocks])
+        weighted = sum(self.l2_weight[t - 1] * l2[i] for i, t in enumerate(blocks))
+        out = {"loss": ce + kl + weighted, "ce": ce, "kl": kl, "l2": l2}
+        if not self.embed.trainable:  # with a fixed W the L2 terms give the head no gradient
+            out["shared_part"], out["block_part"] = ce + kl, weighted
+        return out
+
+    def block_loss(self, t: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_t of Eq. 61 for block t (1-based), with its parts (l2 a scalar)."""
+        out = self.loss(x, y, [t])
+        out["l2"] = out["l2"][0]
+        return out
 
     # --- inference (never sees a label) ----------------------------------------------------------
     @torch.no_grad()
-    def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None):
-        """Run Eq. 3 from z_0 ~ N(0, I). Yields (t, z_t, block logits) for t = 1..T.
+    def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
+              steps: int | None = None, solver: str | None = None) -> Iterator[ChainStep]:
+        """Run Eq. 3 from z_0 ~ N(0, I): yields z_t and block t's logits for t = 1..T.
         noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule)."""
         z = self.embed.noise(len(x), generator, x.device)
         for t in range(1, self.T + 1):
             logits, u_hat = self.u_hat(t, z, x)
-            z = self.coef_a[t - 1] * u_hat + self.coef_b[t - 1] * z
-            if noise:
-                eps = randn(z.shape, generator, x.device)
-                z = z + self.coef_c[t - 1].sqrt() * eps
-            yield t, z, logits
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, noise: bool = True,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        for _, z, _ in self.chain(x, noise, generator):
-            pass
-        return self.classify(z).argmax(-1)
+            z = self.schedule.step(t, u_hat, z, noise, generator)
+            yield ChainStep(t, z, logits)

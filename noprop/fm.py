@@ -15,16 +15,27 @@ field u_y - z_0 is exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import noise
 from .embedding import ClassEmbedding
+from .method import ChainStep, Method, register_method
 from .nets import TimeNet
 from .ode import SOLVERS, integrate
 
 
-class NoPropFM(nn.Module):
+@register_method
+class NoPropFM(Method):
+    name = "fm"
+    display_name = "NoProp-FM"
+    listing_order = 3
+    solvers = SOLVERS
+    defaults = {"optimizer": "adam"}
+
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, solver: str = "euler",
                  sigma: float = 0.0, dropout: float = 0.2):
         super().__init__()
@@ -37,36 +48,46 @@ class NoPropFM(nn.Module):
         self.embed = embedding
         self.net = TimeNet(image_shape, embedding.dim, self.num_classes,
                            prototype=embedding.kind == "prototype", dropout=dropout)
-        self.head = nn.Linear(embedding.dim, self.num_classes)  # used only by the anchor CE
+        # the anchor CE's head (Eq. 12-13) exists only with a learned W_Embed: with a fixed one
+        # the paper has no CE term, and a head nothing trains would only be dead weight
+        self.head = nn.Linear(embedding.dim, self.num_classes) if embedding.trainable else None
+
+    @classmethod
+    def from_config(cls, cfg, image_shape, num_classes, embedding):
+        return cls(image_shape, embedding, steps=cfg.steps, solver=cfg.solver, sigma=cfg.fm_sigma)
 
     def velocity(self, z, x, t, features=None) -> torch.Tensor:
         return self.embed.span(self.net(z, x, t, features))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
         u = self.embed(y)
-        z0 = torch.randn_like(u)
-        t = torch.rand(len(y), device=x.device)
+        z0 = noise.randn_like(u)
+        t = noise.rand(len(y), x.device)
         z_t = t[:, None] * u + (1 - t[:, None]) * z0
         if self.sigma > 0:
-            z_t = z_t + self.sigma * torch.randn_like(u)
+            z_t = z_t + self.sigma * noise.randn_like(u)
         v = self.velocity(z_t, x, t)
         fm = (v - (u - z0)).pow(2).sum(-1).mean()
         out = {"loss": fm, "fm": fm}
-        if self.embed.trainable:
+        if self.head is not None:
             z1_tilde = z_t + (1 - t[:, None]) * v
             ce = F.cross_entropy(self.head(z1_tilde), y)
             out.update(loss=fm + ce, ce=ce)
         return out
 
     @torch.no_grad()
-    def final_latent(self, x, noise: bool = True, generator=None, steps: int | None = None,
-                     solver: str | None = None) -> torch.Tensor:
-        """z_1 from z_0 ~ N(0, I). The flow is deterministic given z_0; `noise` is accepted for a
-        common interface and has nothing further to drop."""
+    def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,
+              solver: str | None = None) -> Iterator[ChainStep]:
+        """z at each step of the flow from z_0 ~ N(0, I). The flow is deterministic given z_0:
+        `noise` has nothing further to drop."""
         z0 = self.embed.noise(len(x), generator, x.device)
         feats = self.net.image_features(x)  # once per image, reused at every step
-        return integrate(lambda t, z: self.velocity(z, x, t, feats), z0, steps or self.steps, solver or self.solver)
+        flow = integrate(lambda t, z: self.velocity(z, x, t, feats), z0, steps or self.steps,
+                         solver or self.solver, trajectory=True)
+        for k, z in enumerate(flow, 1):
+            yield ChainStep(k, z)
 
-    @torch.no_grad()
-    def predict(self, x, noise: bool = True, generator=None, **kw) -> torch.Tensor:
-        return self.embed.nearest(self.final_latent(x, noise, generator, **kw))
+    def classify(self, z_1: torch.Tensor) -> torch.Tensor:
+        """The prediction is the class embedding nearest to z_1 (Euclidean; the head is not used at
+        test time): scores -||z_1 - u_c||^2 / 2, whose argmax is that class."""
+        return -0.5 * torch.cdist(z_1.float(), self.embed.weight.float()).pow(2)

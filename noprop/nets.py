@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from . import noise
+
 
 class Dropout(nn.Module):
     """Inverted dropout (same function as nn.Dropout) with cheaper random numbers on CPU.
@@ -20,7 +22,8 @@ class Dropout(nn.Module):
     when its lane falls below round(p * 2^16), so the drop probability is p quantised to a multiple
     of 1/65536 (0.2 -> 13107/65536 = 0.199997). The mask is laid out with the input's strides
     (channels_last stays channels_last) and comes from torch's default generator, so
-    ``torch.manual_seed`` makes it reproducible as before. On CUDA nn.functional.dropout is used."""
+    ``torch.manual_seed`` makes it reproducible as before (and noise.sharded makes a data-parallel
+    rank draw its slice of the global batch's mask). On CUDA nn.functional.dropout is used."""
 
     LANES = 1 << 16
 
@@ -32,9 +35,7 @@ class Dropout(nn.Module):
         self.threshold = round(p * self.LANES) - self.LANES // 2  # in int16 units: lanes are signed
 
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
-        lanes = words.view(torch.int16)[:n]
+        lanes = noise.int16_lanes(x.numel(), x.device)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
         return lanes.as_strided(x.shape, x.stride()) >= self.threshold

@@ -1,31 +1,40 @@
-"""Block-parallel NoProp-DT over processes and machines with torch.distributed.
+"""Training over processes and machines with torch.distributed: every collective lives here.
 
-NoProp-DT's blocks train independently, so they can live on different processes: rank r owns a
-contiguous share of blocks 1..T and trains only those. No images travel: every rank loads the data
-itself and rebuilds the same data order from the seed. What the blocks share -- the output head
-and a learned embedding -- stays identical on every rank because their gradients are averaged
-(all-reduce) at every step before each rank takes the same optimizer step. One extra element in
-that all-reduce carries "some rank's loss was NaN/inf", so a diverging rank stops all of them at
-once. At the end of each epoch the blocks are gathered on rank 0, which validates and writes the
-same checkpoint a single process would write (so either kind of run resumes or evaluates the
-other's checkpoint).
+**Layout.** A world of W ranks is G block groups x D data shards (W = G * D). A method trained as
+B independent blocks (``Method.num_blocks``: NoProp-DT's T blocks; 1 for every one-network method)
+has its blocks split into G contiguous shares, one per group; within a group the D shards split each
+global batch (``--batch-size`` is the global batch, so a run means the same at any worker count).
 
-Launch:
-- one machine:  ``noprop train --workers N ...`` (spawns N processes, gloo on 127.0.0.1; or nccl
-  when training on CUDA), or ``torchrun --nproc-per-node N -m noprop train ...``.
-- several:      ``torchrun --nnodes M --node-rank I --nproc-per-node N --master-addr HOST
-  --master-port PORT -m noprop train --out SHARED_DIR ...`` on every machine. Every machine needs
-  the data (bundled MNIST needs nothing), and --resume needs the run folder on a shared file system
-  (rank 0 writes it; every rank reads it when resuming).
+- Block gradients are averaged over the D shards of their group; the parameters every block shares
+  (NoProp-DT's head and a learned embedding) over all W ranks. A one-network method (G = 1) is
+  wrapped in torch's DistributedDataParallel over its D shards.
+- BatchNorm layers see the whole global batch: with D > 1 they are synchronised over the shards
+  (``SyncBatchNorm1d``, which works on CPU/gloo, where torch's own is CUDA-only).
+- No images travel: every rank loads the data and rebuilds the epoch's order from the seed.
+- With one group (G > 1) ranks hold only their blocks; at the end of each epoch rank 0 gathers every
+  block and writes the checkpoint a single process would write, so any kind of run resumes or
+  evaluates any other's.
+- Each step also all-reduces a status word ("some rank's loss was NaN/inf"), so a diverging rank
+  stops all of them before any update.
 
-A rank that dies makes the others stop: under ``--workers`` the launcher ends the rest at once;
-under torchrun its agent does; and every collective has a timeout (``NOPROP_DIST_TIMEOUT``,
-seconds, default 120) after which the survivors raise instead of hanging.
+**Choosing G.** ``--block-groups`` sets it; by default the divisor G of W (G <= B) that balances the
+blocks best (B / (G * ceil(B / G)), the share of time no group idles), and among equally balanced
+choices the largest, since whole blocks need no per-step gradient averaging. NoProp-DT with T = 10:
+2 workers -> 2 x 1 (block-parallel), 4 -> 2 x 2, 5 -> 5 x 1; a one-network method: 1 x W.
+
+**Launch.** ``noprop train --workers N`` starts N processes on this machine through torch's elastic
+launcher (``torch.distributed.launcher.api.elastic_launch``, c10d rendezvous on 127.0.0.1), or
+``torchrun --nproc-per-node N -m noprop train ...``, on one machine or several. Under
+``--max-restarts K`` a failed rank makes the agent restart the whole group, which resumes from the
+last checkpoint on its own. Every collective has a timeout (``NOPROP_DIST_TIMEOUT``, seconds,
+default 300) after which the survivors raise instead of hanging.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
+import math
 import os
 import socket
 import sys
@@ -33,12 +42,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+
+class DistributedError(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
+    groups: int = 1   # G block groups; world // groups data shards in each
 
     @property
     def main(self) -> bool:
@@ -48,45 +63,86 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
+    @property
+    def shards(self) -> int:
+        return self.world // self.groups
+
+    @property
+    def group(self) -> int:
+        return self.rank // self.shards
+
+    @property
+    def shard(self) -> int:
+        return self.rank % self.shards
+
 
 SINGLE = Dist()
 
 
-def owned_blocks(T: int, world: int, rank: int) -> list[int]:
-    """Blocks (1-based) of one rank: contiguous, as even as possible, earlier ranks take the extra."""
-    base, extra = divmod(T, world)
-    start = rank * base + min(rank, extra)
-    return list(range(start + 1, start + base + (rank < extra) + 1))
+def owned_blocks(num_blocks: int, groups: int, group: int) -> list[int]:
+    """Blocks (1-based) of one group: contiguous, as even as possible, earlier groups take the extra."""
+    base, extra = divmod(num_blocks, groups)
+    start = group * base + min(group, extra)
+    return list(range(start + 1, start + base + (group < extra) + 1))
 
 
-def check_parallel(cfg, world: int) -> None:
-    """Refuse configurations that block-parallel training cannot run, naming the option."""
+def choose_groups(num_blocks: int, world: int, requested: int | None = None) -> int:
+    """G for a world of W ranks (see the module docstring); `requested` (--block-groups) is checked."""
     from .config import ConfigError
-    if world < 2:
+    if requested is not None:
+        if requested < 1 or world % requested:
+            raise ConfigError(f"--block-groups: {requested} does not divide the {world} workers into equal "
+                              "data shards; choose a divisor of the worker count")
+        if requested > num_blocks:
+            raise ConfigError(f"--block-groups: {requested} groups for {num_blocks} block(s); use at most "
+                              f"{num_blocks}")
+        return requested
+    options = [g for g in range(1, min(world, num_blocks) + 1) if world % g == 0]
+    return max(options, key=lambda g: (num_blocks / (g * math.ceil(num_blocks / g)), g))
+
+
+def check_layout(cfg, num_blocks: int, d: Dist) -> None:
+    """Refuse configurations a layout cannot run, naming the option."""
+    from .config import ConfigError
+    if not d.active:
         return
-    if cfg.method != "dt":
-        raise ConfigError(f"--workers: block-parallel training is for NoProp-DT; {cfg.method} trains one network")
-    if cfg.order == "random":
+    if cfg.batch_size % d.shards:
+        raise ConfigError(f"--batch-size: the global batch of {cfg.batch_size} does not split into "
+                          f"{d.shards} equal data shards; use a multiple of {d.shards}")
+    if cfg.batch_size // d.shards < 2:
+        raise ConfigError(f"--batch-size: {cfg.batch_size} over {d.shards} shards leaves fewer than 2 "
+                          "examples per rank")
+    if cfg.order == "random" and d.groups > 1:
         raise ConfigError("--order: random draws one block per batch for the whole model, which leaves all "
-                          "but one worker idle; use paper or all with --workers")
-    if world > cfg.T:
-        raise ConfigError(f"--workers: {world} workers for {cfg.T} blocks; use at most T")
+                          "but one block group idle; use paper or all with block groups, or --block-groups 1")
 
 
 def timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=float(os.environ.get("NOPROP_DIST_TIMEOUT", "120")))
+    return datetime.timedelta(seconds=float(os.environ.get("NOPROP_DIST_TIMEOUT", "300")))
 
 
-def init_from_env(device_name: str = "auto") -> Dist:
+def init_from_env(device_name: str = "auto", num_blocks: int = 1, groups: int | None = None) -> Dist:
     """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT); a plain single process when they are absent. NCCL when the ranks train on CUDA
-    (each on GPU LOCAL_RANK), gloo on CPU."""
+    (each on GPU LOCAL_RANK), gloo on CPU.
+
+    Each elastic restart gets a store prefix of its own: without it a restarted rank can read the
+    previous attempt's addresses from the agent's store and fail to connect."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return SINGLE
     if not dist.is_initialized():
         from .device import backend, resolve
-        dist.init_process_group(backend(resolve(device_name)), timeout=timeout())
-    return Dist(dist.get_rank(), dist.get_world_size())
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout()))
+        store = dist.PrefixStore(f"noprop/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group(backend(resolve(device_name)), store=store, rank=rank, world_size=world,
+                                timeout=timeout())
+    world = dist.get_world_size()
+    return Dist(dist.get_rank(), world, choose_groups(num_blocks, world, groups))
+
+
+def restart_count() -> int:
+    """How many times the elastic agent has restarted this job (0 outside one)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def shutdown(wait: bool = True) -> None:
@@ -96,14 +152,19 @@ def shutdown(wait: bool = True) -> None:
     rank 0 may be evaluating), then all destroy the group."""
     if dist.is_initialized():
         if wait:
-            try:
-                if dist.get_backend() == "gloo":
-                    dist.monitored_barrier(timeout=datetime.timedelta(hours=6))
-                else:
-                    dist.barrier()
-            except RuntimeError:
-                pass  # a peer is gone already; nothing left to wait for
+            long_wait()
         dist.destroy_process_group()
+
+
+def long_wait() -> None:
+    """A barrier that waits as long as rank 0 may take alone (validation, evaluation, writing)."""
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(hours=6))
+        else:
+            dist.barrier()
+    except RuntimeError as e:
+        raise DistributedError(f"another worker stopped while this one waited ({e})") from e
 
 
 def gather(d: Dist, obj) -> list:
@@ -123,43 +184,227 @@ def agree(d: Dist, error: str | None) -> None:
             raise DistributedError(e if r == d.rank else f"rank {r}: {e}")
 
 
-class DistributedError(RuntimeError):
-    pass
+# ------------------------------------------------------------------------------------------------
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over a process group, differentiable: d(sum_r x_r)/dx_r = 1, so the gradient of each
+    rank's input is the sum over ranks of the output's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
+class SyncBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the whole global batch, summed over a
+    process group with a differentiable all-reduce, so gradients flow through the other ranks'
+    share of the mean and variance as they would in one process. Two passes (the mean, then the
+    squared deviations from it) keep the variance exact. Same parameters, buffers and state_dict
+    keys as BatchNorm1d; in eval mode it is BatchNorm1d. (torch's SyncBatchNorm is CUDA-only.)"""
+
+    group = None
+
+    @classmethod
+    def convert(cls, module: nn.Module, group) -> nn.Module:
+        for child in module.children():
+            if type(child) is nn.BatchNorm1d:
+                child.__class__ = cls
+                child.group = group
+            else:
+                cls.convert(child, group)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.group is None:
+            return super().forward(x)
+        xf = x.float()
+        c = xf.shape[1]
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(0), xf.new_full((1,), float(len(xf)))]), self.group)
+        total = sums[c]
+        mean = sums[:c] / total
+        m2 = _AllReduceSum.apply((xf - mean).pow(2).sum(0), self.group)
+        var = m2 / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - mom).add_(mean.detach(), alpha=mom)
+                self.running_var.mul_(1 - mom).add_(m2.detach() / (total - 1), alpha=mom)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(x.dtype)
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+def _unflat_into_grads(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+class Collectives:
+    """The per-step and per-epoch communication of one rank in a G x D layout."""
+
+    def __init__(self, d: Dist, model, device: torch.device):
+        self.d, self.model, self.device = d, model, device
+        # every rank creates every group's subgroup, in the same order (torch requires it)
+        self.shard_group = None
+        for g in range(d.groups):
+            ranks = list(range(g * d.shards, (g + 1) * d.shards))
+            pg = dist.new_group(ranks, timeout=timeout()) if d.shards > 1 else None
+            if g == d.group:
+                self.shard_group = pg
+        self.shared = model.shared_parameters()
+        if d.shards > 1:
+            SyncBatchNorm1d.convert(model, self.shard_group)
+
+    def wrap(self, model):
+        """The module whose forward computes the loss: DDP over the shards for a one-network method."""
+        if self.d.shards > 1 and model.num_blocks == 1:
+            from torch.nn.parallel import DistributedDataParallel
+            return DistributedDataParallel(model, process_group=self.shard_group, broadcast_buffers=False,
+                                           find_unused_parameters=type(model).find_unused_parameters)
+        return model
+
+    # --- every step ------------------------------------------------------------------------------
+    def start_shared(self, contributed: bool, bad: bool):
+        """All-reduce (async) the shared parameters' gradients and two counters: ranks that
+        diverged, ranks that contributed. Returns a handle for finish_shared."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared]
+        flags = torch.tensor([float(bad), float(contributed)], device=self.device)
+        flat = torch.cat([_flat(grads).to(self.device), flags])
+        return flat, dist.all_reduce(flat, async_op=True)
+
+    def finish_shared(self, handle) -> bool:
+        """Wait for start_shared's all-reduce, set the averaged gradients; True if any rank diverged."""
+        flat, work = handle
+        work.wait()
+        if flat[-2] > 0:
+            return True
+        if self.shared:
+            _unflat_into_grads(flat[:-2] / flat[-1].clamp(min=1), self.shared)
+        return False
+
+    def average_block(self, t: int):
+        """Start averaging block t's gradients over this group's shards (async); None when D = 1."""
+        if self.d.shards == 1:
+            return None
+        params = self.model.block_parameters(t)
+        flat = _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+        return params, flat, dist.all_reduce(flat, group=self.shard_group, async_op=True)
+
+    def finish_block(self, handle) -> None:
+        if handle is None:
+            return
+        params, flat, work = handle
+        work.wait()
+        _unflat_into_grads(flat / self.d.shards, params)
+
+    # --- every epoch -----------------------------------------------------------------------------
+    def check_in_sync(self, owned: list[int]) -> None:
+        """Parameters that must be bit-identical across ranks are: the shared ones everywhere, a
+        block's over its group's shards. Cheap checksums, every epoch; a difference is a bug."""
+        def checksum(params):
+            return float(sum(p.detach().double().sum() for p in params)) if params else 0.0
+        mine = (checksum(self.shared), {t: checksum(self.model.block_parameters(t)) for t in owned})
+        every = gather(self.d, (self.d.group, mine))
+        if any(s != every[0][1][0] for _, (s, _) in every):
+            raise DistributedError(f"the shared parameters differ between ranks ({[s for _, (s, _) in every]}); "
+                                   "this is a bug")
+        for g, (_, blocks) in every:
+            peer = next(b for gg, (_, b) in every if gg == g)
+            if blocks != peer:
+                raise DistributedError(f"block parameters differ between the shards of group {g}; this is a bug")
+
+    def gather_blocks(self, owned: list[int], block_opts: dict, match_layout) -> None:
+        """Bring every block (weights, BatchNorm statistics, optimizer state) to rank 0, which then
+        holds the whole model, validates it and writes the checkpoint. Only shard 0 of each group
+        sends (its shards hold the same blocks)."""
+        if self.d.groups == 1:
+            return
+        mine = {}
+        if self.d.shard == 0:
+            mine = {t: (self._block_state(t), block_opts[t].state_dict()) for t in owned}
+        parts = [None] * self.d.world if self.d.main else None
+        dist.gather_object(mine, parts, dst=0)
+        if self.d.main:
+            for part in parts:
+                for t, (block_state, opt_state) in part.items():
+                    self._load_block_state(t, block_state)
+                    block_opts[t].load_state_dict(opt_state)
+                    match_layout(block_opts[t])
+
+    def _block_state(self, t: int) -> dict:
+        params, buffers = {id(p) for p in self.model.block_parameters(t)}, self._buffers_of(t)
+        return {n: v.detach() for n, v in self._named_state() if id(v) in params or n in buffers}
+
+    def _named_state(self):
+        return list(self.model.named_parameters()) + list(self.model.named_buffers())
+
+    def _buffers_of(self, t: int) -> set[str]:
+        """Names of the buffers (BatchNorm statistics) in the modules that hold block t's parameters."""
+        params = {id(p) for p in self.model.block_parameters(t)}
+        names = set()
+        for mname, module in self.model.named_modules():
+            if any(id(p) in params for p in module.parameters(recurse=False)):
+                names.update(f"{mname}.{b}" if mname else b for b, _ in module.named_buffers(recurse=False))
+        return names
+
+    def _load_block_state(self, t: int, state: dict) -> None:
+        own = dict(self._named_state())
+        with torch.no_grad():
+            for n, v in state.items():
+                own[n].copy_(v)
+
+
+# ------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, argv: list[str], threads: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(threads)
-    from .cli import main
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # leave at once, skipping interpreter teardown (where gloo's threads can abort the process);
-    # a non-zero exit makes the launcher stop the other ranks
-    os._exit(code or 0)
+def launch(entrypoint, args: tuple, nproc: int, threads: int | None = None, max_restarts: int = 0) -> int:
+    """Run entrypoint(*args) in `nproc` processes on this machine with torch's elastic launcher;
+    returns an exit code. If a process fails or is killed, the agent stops the others and, while
+    restarts remain, starts them all again (the entrypoint resumes from the last checkpoint)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-
-def launch(world: int, argv: list[str], threads: int | None = None) -> int:
-    """Run `noprop <argv>` in `world` processes on this machine; returns an exit code. If one
-    process fails or is killed, the others are terminated and the failure is reported."""
-    import torch.multiprocessing as mp
-
-    threads = threads or max(1, (os.cpu_count() or 1) // world)
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
+                          rdzv_endpoint=f"127.0.0.1:{free_port()}", run_id=f"noprop-{os.getpid()}",
+                          max_restarts=max_restarts, monitor_interval=0.1)
     try:
-        mp.spawn(_worker, args=(world, free_port(), argv, threads), nprocs=world, join=True)
-    except mp.ProcessExitedException as e:
-        how = f"was killed by signal {-e.exit_code}" if e.exit_code < 0 else f"exited with code {e.exit_code}"
-        print(f"noprop: error: worker {e.error_index} {how}; the other workers were stopped. The last "
+        elastic_launch(config, entrypoint)(*args)
+    except ChildFailedError as e:
+        rank, failure = next(iter(sorted(e.failures.items())))
+        if failure.exitcode < 0:
+            how = f"was killed by signal {-failure.exitcode}"
+        else:
+            how = f"exited with code {failure.exitcode}"
+            message = failure.error_file_data.get("message") if isinstance(failure.error_file_data, dict) else None
+            if isinstance(message, dict):
+                message = message.get("message")
+            if message and message != "<NONE>":
+                how += f": {message}"
+        restarts = f" after {max_restarts} restart(s)" if max_restarts else ""
+        print(f"noprop: error: worker {rank} {how}; the other workers were stopped{restarts}. The last "
               "completed epoch's checkpoint is kept: rerun with --resume.", file=sys.stderr)
-        return 2 if e.exit_code > 0 else 1
-    except mp.ProcessRaisedException as e:
-        print(f"noprop: error: a worker failed:\n{e}", file=sys.stderr)
-        return 1
+        return 2 if failure.exitcode == 2 else 1
     return 0

@@ -11,8 +11,6 @@ DATASETS = ("mnist", "cifar10", "cifar100")
 METHODS = ("dt", "backprop", "adjoint", "ct", "fm")
 
 _DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-_METHOD_NAMES = {"dt": "NoProp-DT", "backprop": "Backprop", "adjoint": "Adjoint",
-                 "ct": "NoProp-CT", "fm": "NoProp-FM"}
 
 # Epochs per (dataset, table row). The table has three rows per dataset: Backprop / DT share
 # one, Adjoint has its own, and CT / FM share one.
@@ -58,7 +56,8 @@ def _num(x: float) -> str:
 
 def _describe(p: dict) -> str:
     opt = {"adamw": "AdamW", "adam": "Adam"}[p["optimizer"]]
-    s = (f"paper Table 3: {_DATASET_NAMES[p['dataset']]}, {_METHOD_NAMES[p['method']]}: "
+    from .method import get_method
+    s = (f"paper Table 3: {_DATASET_NAMES[p['dataset']]}, {get_method(p['method']).display_name}: "
          f"batch {p['batch_size']}, {p['epochs']} epochs, {opt} lr {_num(p['lr'])} wd {_num(p['weight_decay'])}")
     s += f", T={p['T']}" if p["method"] in ("dt", "backprop") else f", {p['steps']} steps"
     if "eta" in p:

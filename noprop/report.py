@@ -12,15 +12,23 @@ from pathlib import Path
 
 import torch
 
-from noprop.checkpoint import atomic_write_text
-from noprop.evaluate import mean_se
+from .checkpoint import atomic_write_text
+from .evaluation import mean_se
 
 Key = tuple[str, str, str]  # (method, embedding, dataset)
 
 DATASETS = ("mnist", "cifar10", "cifar100")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-METHOD_NAMES = {"backprop": "Backprop", "dt": "NoProp-DT", "adjoint": "Adjoint",
-                "ct": "NoProp-CT", "fm": "NoProp-FM"}
+class _DisplayNames(dict):
+    """A method's display name from the registry (its own Method.display_name)."""
+
+    def get(self, name, default=None):
+        from .method import REGISTRY, _builtin
+        _builtin()
+        return REGISTRY[name].display_name if name in REGISTRY else default
+
+
+METHOD_NAMES = _DisplayNames()
 # The paper calls the learned embedding "dim=20" (its default dimension).
 EMBEDDING_NAMES = {"one-hot": "one-hot", "learned": "dim=20", "prototype": "prototype"}
 
@@ -247,21 +255,29 @@ def plot_accuracy(results: list[dict], path: Path) -> None:
 
 
 def plot_blocks(run_dir: Path, path: Path) -> bool:
-    """Per-block diagnostics of a NoProp-DT run (from its diagnostics.json)."""
+    """What the NoProp-DT chain does (from the run's diagnostics.json, see noprop.diagnose): each
+    block's accuracy fed (a) q-samples, (b) the chain's own z with and without noise, (c) pure noise,
+    (d) zeros, and the head along the chain."""
     f = Path(run_dir) / "diagnostics.json"
     if not f.exists():
         return False
     plt = _pyplot()
     d = json.loads(f.read_text())
-    t = list(range(1, len(d["block"]) + 1))
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(t, d["block"], marker="o", label="block t alone, fed z_(t-1) ~ q(z_(t-1)|y)")
-    ax.plot(t, d["chain"], marker="s", label="block t's logits along the chain from z_0")
-    ax.plot(t, d["head"], marker="^", label="head on z_t along the chain")
-    ax.axhline(100 / 10, color="grey", ls=":", lw=1, label="chance (10 classes)")
+    if "q_sample" not in d:
+        return False
+    t = list(range(1, len(d["q_sample"]) + 1))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, marker, label in (("q_sample", "o", "(a) block t fed z ~ q(z_(t-1)|y) [uses the label]"),
+                               ("chain", "s", "(b) block t along the chain (paper's noise)"),
+                               ("chain_no_noise", "D", "(b) block t along the chain, no noise"),
+                               ("pure_noise", "v", "(c) block t fed N(0, I)"),
+                               ("zeros", "x", "(d) block t fed zeros"),
+                               ("head_chain", "^", "head on z_t along the chain")):
+        ax.plot(t, d[key], marker=marker, label=label)
+    ax.axhline(d["chance"], color="grey", ls=":", lw=1, label=f"chance; shuffled images: {d['shuffled']:.1f}%")
     ax.set_xlabel("block t")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"NoProp-DT diagnostics: {Path(run_dir).name}")
+    ax.set_title(f"What the NoProp-DT chain does: {Path(run_dir).name}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -20,9 +20,10 @@ import torch
 from .checkpoint import atomic_write_text
 from .config import Config
 from .data import DataError, subset
-from .evaluate import block_diagnostics
+from .diagnose import chain_analysis
+from .models import load
 from .presets import get_preset
-from .train import LAST, RESULT, load_data, load_model, train_and_evaluate
+from .trainer import LAST, RESULT, load_data, run
 
 
 def cell_name(dataset: str, method: str, embedding: str, seed: int) -> str:
@@ -36,7 +37,7 @@ def dt_trajectory(model, split, n: int = 500, seed: int = 0) -> dict:
     model.eval()
     x, y = split.x[:n].contiguous(memory_format=torch.channels_last), split.y[:n]
     z0 = model.embed.noise(len(x), torch.Generator().manual_seed(seed))  # the chain's first draw
-    zs = [z0] + [z for _, z, _ in model.chain(x, generator=torch.Generator().manual_seed(seed))]
+    zs = [z0] + [s.z for s in model.chain(x, generator=torch.Generator().manual_seed(seed))]
     W = model.embed.weight.float()
     basis = torch.cat([zs[-1], W])
     mean = basis.mean(0)
@@ -89,12 +90,13 @@ def run_grid(datasets, methods, embeddings, seeds, out, budget_hours: float, ove
                     stop = None
                     if cell_minutes is not None:
                         stop = lambda h: sum(e["train_seconds"] for e in h) >= 60 * cell_minutes  # noqa: E731
-                    res = train_and_evaluate(cfg, data, run_dir, eval_runs=eval_runs, resume=True, quiet=True,
-                                             log=lambda s, n=name: log(f"[{n}] {s}"), stop=stop)
+                    resume = (run_dir / "train_state.safetensors").exists()
+                    _, res = run(cfg, data, run_dir, eval_runs=eval_runs, resume=resume, quiet=True,
+                                 log=lambda s, n=name: log(f"[{n}] {s}"), stop=stop)
                     if method == "dt":
-                        model, _, _ = load_model(run_dir / LAST)
+                        model = load(run_dir / LAST)
                         atomic_write_text(run_dir / "diagnostics.json", json.dumps(
-                            block_diagnostics(model, subset(data.val, 2000), seed=seed)))
+                            chain_analysis(model, subset(data.val, 2000), seed=seed)))
                         atomic_write_text(run_dir / "trajectory.json", json.dumps(dt_trajectory(model, data.test)))
                     cell["status"] = "done"
                     log(f"[{name}] test {res['test_acc_mean']:.2f} +- {res['test_acc_se']:.2f}")

@@ -18,31 +18,24 @@ import math
 
 import torch
 
+from . import noise
+from .device import randn
 
-class CosineSchedule:
-    """The fixed cosine schedule of NoProp-DT.
 
-    The paper says only "a fixed cosine noise schedule". Our choice (documented in the README):
+class DiscreteSchedule:
+    """A schedule on a grid t = 0..T, given by alpha_bar_0 < ... < alpha_bar_T, and the one place
+    where the posterior step of Eq. 3 is written (diffusers-style ``step``). NoProp-DT uses it on
+    its T blocks (CosineSchedule); NoProp-CT on the N-step grid of its learned schedule
+    (LearnedSchedule.discretize)."""
 
-        alpha_bar_t = eps + (1 - 2 eps) * cos^2( (pi / 2) * (1 - t / T) ),   t = 0..T
-
-    i.e. the cosine schedule of Nichol & Dhariwal with the time axis flipped to the paper's
-    convention, squeezed affinely into [eps, 1 - eps]. The squeeze keeps both ends honest:
-    alpha_bar_0 = eps > 0 (z_0 is almost pure noise, SNR(0) finite, the KL term is defined)
-    and alpha_bar_T = 1 - eps < 1 (z_T keeps a little noise, so SNR(T) and the last block's
-    loss weight stay finite). eps = 0.01 gives SNR(T) = 99 and SNR(0) = 0.0101.
-    """
-
-    def __init__(self, T: int, eps: float = 0.01):
-        if not isinstance(T, int) or T < 1:
-            raise ValueError(f"T (the number of blocks) must be an integer >= 1, got {T!r}")
-        if not 0.0 < eps < 0.5:
-            raise ValueError(f"schedule eps must lie in (0, 0.5), got {eps!r}")
-        self.T = T
-        self.eps = eps
-        t = torch.arange(T + 1, dtype=torch.float64)
-        self.alpha_bar = eps + (1 - 2 * eps) * torch.cos(math.pi / 2 * (1 - t / T)) ** 2
-        validate_alpha_bar(self.alpha_bar)
+    def __init__(self, alpha_bar: torch.Tensor):
+        alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).detach().cpu()
+        validate_alpha_bar(alpha_bar)
+        self.alpha_bar = alpha_bar
+        self.T = len(alpha_bar) - 1
+        a, b, c = posterior_coefficients(alpha_bar)
+        # plain floats: the same numbers on every device and under any autocast
+        self._a, self._b, self._sqrt_c = a.tolist(), b.tolist(), c.sqrt().tolist()
 
     # --- derived quantities, all float64 vectors indexed by t ---------------------------------
     @property
@@ -61,9 +54,53 @@ class CosineSchedule:
         """SNR(t) - SNR(t-1) for t = 1..T, index 0 <-> t = 1. Positive for every t."""
         return self.snr[1:] - self.snr[:-1]
 
+    def loss_weights(self, eta: float) -> list[float]:
+        """(T/2) eta (SNR(t) - SNR(t-1)) for t = 1..T (index 0 <-> t = 1): the weight of block
+        t's L2 term in Eq. 8 / Eq. 61."""
+        return (self.T / 2 * eta * self.snr_delta).tolist()
+
     def posterior_coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """a_t, b_t, c_t for t = 1..T (index 0 <-> t = 1); see posterior_coefficients()."""
         return posterior_coefficients(self.alpha_bar)
+
+    def step(self, t: int, u_hat: torch.Tensor, z: torch.Tensor, noise: bool = True,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """z_t from z_{t-1} (t = 1..T), Eq. 3:
+
+            z_t = a_t u_hat + b_t z_{t-1} + sqrt(c_t) eps,   eps ~ N(0, I)
+
+        the mean and variance of p(z_t | z_{t-1}, x) (Eq. 7) with the denoiser's u_hat in place of
+        u_y. noise=False drops the sqrt(c_t) eps term: a deterministic option beside the paper's
+        rule, never its replacement. With a (CPU) generator eps is drawn on the CPU and moved, so a
+        seeded inference run draws the same numbers on every device."""
+        z = self._a[t - 1] * u_hat + self._b[t - 1] * z
+        if noise:
+            z = z + self._sqrt_c[t - 1] * randn(z.shape, generator, z.device, z.dtype)
+        return z
+
+
+class CosineSchedule(DiscreteSchedule):
+    """The fixed cosine schedule of NoProp-DT.
+
+    The paper says only "a fixed cosine noise schedule". Our choice (documented in the README):
+
+        alpha_bar_t = eps + (1 - 2 eps) * cos^2( (pi / 2) * (1 - t / T) ),   t = 0..T
+
+    i.e. the cosine schedule of Nichol & Dhariwal with the time axis flipped to the paper's
+    convention, squeezed affinely into [eps, 1 - eps]. The squeeze keeps both ends honest:
+    alpha_bar_0 = eps > 0 (z_0 is almost pure noise, SNR(0) finite, the KL term is defined)
+    and alpha_bar_T = 1 - eps < 1 (z_T keeps a little noise, so SNR(T) and the last block's
+    loss weight stay finite). eps = 0.01 gives SNR(T) = 99 and SNR(0) = 0.0101.
+    """
+
+    def __init__(self, T: int, eps: float = 0.01):
+        if not isinstance(T, int) or T < 1:
+            raise ValueError(f"T (the number of blocks) must be an integer >= 1, got {T!r}")
+        if not 0.0 < eps < 0.5:
+            raise ValueError(f"schedule eps must lie in (0, 0.5), got {eps!r}")
+        self.eps = eps
+        t = torch.arange(T + 1, dtype=torch.float64)
+        super().__init__(eps + (1 - 2 * eps) * torch.cos(math.pi / 2 * (1 - t / T)) ** 2)
 
 
 def posterior_coefficients(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,14 +134,14 @@ def validate_alpha_bar(alpha_bar: torch.Tensor) -> None:
 
 
 def q_sample(u_y: torch.Tensor, alpha_bar_t: torch.Tensor | float,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
+             eps: torch.Tensor | None = None) -> torch.Tensor:
     """z_t ~ q(z_t | y) = N(sqrt(alpha_bar_t) u_y, (1 - alpha_bar_t) I)   (marginal of Eq. 5-6).
 
     alpha_bar_t is a float or a tensor broadcastable against u_y (one value per example)."""
     alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=u_y.dtype, device=u_y.device)
-    if noise is None:
-        noise = torch.randn_like(u_y)
-    return alpha_bar_t.sqrt() * u_y + (1 - alpha_bar_t).sqrt() * noise
+    if eps is None:
+        eps = noise.randn_like(u_y)
+    return alpha_bar_t.sqrt() * u_y + (1 - alpha_bar_t).sqrt() * eps
 
 
 def kl_to_standard_normal(u_y: torch.Tensor, alpha_bar_0: torch.Tensor | float) -> torch.Tensor:
@@ -172,6 +209,19 @@ class LearnedSchedule(torch.nn.Module):
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         return torch.exp(-self.gamma(t))
+
+    @torch.no_grad()
+    def discretize(self, steps: int) -> DiscreteSchedule:
+        """The schedule on the grid t_k = k / steps (k = 0..steps), in float64 (near t = 1 the
+        grid's a, b, c divide small differences of alpha_bar). NoProp-CT's stochastic sampler is
+        the DT step of Eq. 3 on this grid, with alpha_{k-1} = ab(t_{k-1}) / ab(t_k)."""
+        params = {n: p.detach().double() for n, p in self.named_parameters()}
+        grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64, device=self.gamma_0.device)
+        return DiscreteSchedule(torch.func.functional_call(self, params, (grid,)))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar(t)."""
+        return self.alpha_bar(t)
 
     def snr_derivative(self, t: torch.Tensor) -> torch.Tensor:
         gb, dgb = self.gamma_bar(t)

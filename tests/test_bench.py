@@ -1,29 +1,69 @@
-"""The benchmark's counting (not its timings): FLOPs by hand, and the tables it writes."""
+"""The benchmark's counting and its tables (not its timings): FLOPs against a hand count, the peak
+probe against a pure matmul workload measured the way the throughput rows are, the CPU class."""
 
 import json
 
+import pytest
 import torch
 
-from noprop import bench
+from noprop import bench, machine
 from noprop.nets import DTBlock
 
 
-def test_forward_flops_of_the_mnist_block_by_hand():
+def test_flop_counter_matches_the_hand_count_of_the_mnist_block():
     convs = 2 * (1 * 9 * 32 * 26 * 26 + 32 * 9 * 64 * 11 * 11 + 64 * 9 * 128 * 9 * 9)
     linears = 2 * (2048 * 256 + 10 * 256 + 256 * 256 * 2 + 512 * 256 + 256 * 128 + 128 * 10)
     blk = DTBlock((1, 28, 28), 10, 10).eval()
-    n = bench.forward_flops(blk, torch.zeros(4, 10), torch.zeros(4, 1, 28, 28))
-    assert n == 4 * (convs + linears) == 4 * 18_439_936
+    z, x = torch.zeros(4, 10), torch.zeros(4, 1, 28, 28)
+    assert bench.count_flops(lambda: blk(z, x)) == 4 * (convs + linears) == 4 * 18_439_936
+    # the real backward: twice the forward for every layer but the two that read the inputs (the
+    # first conv and the label path's first linear), which need no gradient for their input
+    blk.train()
+    train = bench.count_flops(lambda: blk(z, x).sum().backward())
+    no_input_grad = 4 * 2 * (1 * 9 * 32 * 26 * 26 + 10 * 256)
+    assert train == 3 * 4 * (convs + linears) - no_input_grad
+
+
+def test_a_pure_matmul_workload_lands_near_the_peak_probe():
+    """Measured as the throughput rows are (FLOPs counted, best timed block), n x n products must run
+    at 80-105% of the probe: the probe is neither too low (the share of peak would exceed 100%, as an
+    earlier probe did) nor an unreachable ideal."""
+    probe = bench.matmul_peak("fp32", min_run_time=1.0)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    work = bench.workload_gflops(lambda: torch.mm(a, b), min_run_time=1.0)
+    assert 0.8 * probe <= work <= 1.05 * probe, (work, probe)
 
 
 def test_throughput_rows_and_tables(tmp_path):
-    row = bench.throughput("dt", steps=1, warmup=1, batch=8)
-    assert row["block_samples_per_s"] > 0 and row["train_flops_per_block_sample"] == 3 * 18_439_936
+    row = bench.throughput("dt", batch=8, min_run_time=0.2)
+    assert row["block_samples_per_s"] > 0
+    assert row["train_flops_per_block_sample"] == pytest.approx(3 * 18_439_936, rel=0.01)
     mem = bench.memory("dt", steps=2)
     assert mem["process_peak_mb"] >= mem["train_peak_mb"] >= 0
-    results = {"machine": bench.machine(), "peak": {"fp32": 100.0, "bf16": 200.0}, "throughput": [row],
+    results = {"machine": machine.describe(), "peak": {"fp32": {"measured_gflops": 100.0, "nominal_gflops": None}},
+               "throughput": [row], "notes": ["bf16 skipped: test"],
                "memory": [mem, {**mem, "method": "backprop", "train_peak_mb": 2 * mem["train_peak_mb"] + 1}],
                "command": "test"}
     md = bench.markdown(results)
     assert "block-samples/s" in md and "vs backprop" in md and results["machine"]["torch"] in md
+    assert f"CPU class **{machine.cpu_class()}**" in md and "bf16 skipped" in md
     json.dumps(results)
+
+
+@pytest.mark.parametrize("flags,cls", [
+    ({"avx2", "fma"}, "avx2"), ({"avx2", "avx512f"}, "avx512"), ({"avx2", "avx512f", "avx512_bf16"}, "avx512_bf16"),
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "amx"), ({"sse4_2"}, "other")])
+def test_cpu_class_from_flags(flags, cls, monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert machine.cpu_class(flags) == cls
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2 machine mimicked on a newer CPU
+    assert machine.cpu_class(flags) == ("other" if cls == "other" else "avx2")
+
+
+def test_bf16_is_skipped_where_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "fma"})
+    precisions, notes = bench.default_precisions()
+    assert precisions == ["fp32"] and "bf16 skipped" in notes[0] and "avx2" in notes[0]
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert bench.default_precisions() == (["fp32", "bf16"], [])

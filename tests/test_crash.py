@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from noprop import checkpoint
+
+pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
 
 ARGS = ["train", "-T", "2", "--train-subset", "1024", "--val-subset", "64", "--batch-size", "32",
         "--epochs", "4", "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic"]
@@ -40,16 +43,19 @@ def test_random_kills_then_resume_give_the_uninterrupted_weights(tmp_path):
             os.kill(p.pid, signal.SIGKILL)
             kills += 1
         p.wait(timeout=60)
-        if (out / "last.safetensors").exists():
-            checkpoint.load(out / "last.safetensors")  # whatever survived is a whole checkpoint
+        if (out / "train_state.safetensors").exists():  # whatever survived is whole
+            checkpoint.load(out / "train_state.safetensors")
+            checkpoint.load_weights(out / "last.safetensors")
     assert kills >= 3
     p = start(out, resume=True)
     assert p.wait(timeout=600) == 0, p.stderr.read()
-    a = checkpoint.load(tmp_path / "ref" / "last.safetensors")
-    b = checkpoint.load(out / "last.safetensors")
+    a = checkpoint.load(tmp_path / "ref" / "train_state.safetensors")
+    b = checkpoint.load(out / "train_state.safetensors")
     assert a["epoch"] == b["epoch"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    weights, meta = checkpoint.load_weights(out / "last.safetensors")  # the portable file agrees
+    assert meta["epoch"] == 4 and all(torch.equal(weights[k], b["model"][k]) for k in weights)
     assert (out / "result.json").exists()
     leftovers = [f.name for f in out.iterdir() if f.name.endswith(".tmp")]
     assert leftovers == [], leftovers
@@ -64,6 +70,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
     args[args.index("--epochs") + 1] = "1"
     assert subprocess.run(args, capture_output=True, timeout=600).returncode == 0
     before = (out / "last.safetensors").read_bytes()
+    state_before = (out / "train_state.safetensors").read_bytes()
 
     def small_disk():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
@@ -74,7 +81,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
     assert "checkpoint failed" in r.stderr and "previous checkpoint is intact" in r.stderr
     assert "Traceback" not in r.stderr
     assert (out / "last.safetensors").read_bytes() == before
-    assert checkpoint.load(out / "last.safetensors")["epoch"] == 1
+    assert (out / "train_state.safetensors").read_bytes() == state_before
+    assert checkpoint.load(out / "train_state.safetensors")["epoch"] == 1
 
 
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from noprop.backprop import Adjoint, Backprop
+from noprop.adjoint import Adjoint
+from noprop.backprop import Backprop
 from noprop.ct import NoPropCT
 from noprop.embedding import ClassEmbedding
 from noprop.fm import NoPropFM
@@ -134,6 +135,7 @@ def test_fm_loss_and_anchor():
     torch.manual_seed(2)
     parts = hot.loss(x, y)
     assert set(parts) == {"loss", "fm"}, "fixed one-hot embeddings: no CE term"
+    assert hot.head is None, "and no head for a CE term to train"
     torch.manual_seed(2)
     u = torch.eye(10)[y]
     z0 = torch.randn_like(u)
@@ -148,20 +150,23 @@ def test_fm_loss_and_anchor():
     assert learned.embed.weight.grad.abs().sum() > 0 and learned.head.weight.grad.abs().sum() > 0
 
 
-def test_fm_predicts_nearest_embedding_of_the_integrated_flow():
-    """With the field replaced by the exact one for class c (v = (u_c - z) / (1 - t)... here the
-    constant field u_c - z0 of the straight path), Euler lands on u_c and predicts c."""
-    m = NoPropFM(SHAPE, ClassEmbedding("one-hot", 10), steps=10)
-    c = 7
-    z0_holder = {}
-
-    def fake_velocity(z, x, t, features=None):
-        if float(t) == 0.0:
-            z0_holder["z0"] = z.clone()
-        return torch.eye(10)[c].expand_as(z) - z0_holder["z0"]
-    m.velocity = fake_velocity
-    pred = m.predict(torch.randn(5, *SHAPE), generator=torch.Generator().manual_seed(0))
-    assert (pred == c).all()
+@pytest.mark.parametrize("solver,factor", [("euler", lambda a: 1 - a), ("heun", lambda a: 1 - a + a * a / 2)])
+def test_fm_integrates_the_field_step_by_step_and_predicts_the_nearest_embedding(solver, factor):
+    """A field that depends on z, dz/dt = k (u_c - z), whose N-step solutions are known exactly:
+    z_N = u_c + (z_0 - u_c) r^N with r = 1 - kh (Euler) or 1 - kh + (kh)^2/2 (Heun), h = 1/N. One
+    jump (N = 1) lands far elsewhere. Then the prediction is the embedding nearest to z_1: c."""
+    c, n, k = 7, 10, 5.0
+    m = NoPropFM(SHAPE, ClassEmbedding("one-hot", 10), steps=n, solver=solver)
+    u_c = torch.eye(10)[c]
+    m.velocity = lambda z, x, t, features=None: k * (u_c - z)
+    x = torch.randn(5, *SHAPE)
+    z0 = m.embed.noise(5, torch.Generator().manual_seed(0))
+    z1 = m.final_latent(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z1, u_c + (z0 - u_c) * factor(k / n) ** n)
+    one_jump = m.final_latent(x, generator=torch.Generator().manual_seed(0), steps=1)
+    torch.testing.assert_close(one_jump, u_c + (z0 - u_c) * factor(k))
+    assert (z1 - one_jump).abs().max() > 1.0
+    assert (m.predict(x, generator=torch.Generator().manual_seed(0)) == c).all()
 
 
 # --- CT inference ------------------------------------------------------------------------------------
@@ -227,7 +232,10 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
 @pytest.mark.parametrize("kind,dim", [("one-hot", None), ("learned", 20)])
 def test_backprop_head_starts_as_the_embedding_decoder(kind, dim):
     """logit_c = <z, u_c> at the start: at a class's own embedding its logit is the largest."""
+    torch.manual_seed(0)
     m = Backprop(SHAPE, ClassEmbedding(kind, 10, dim))
     W = m.embed.weight.detach()
-    assert torch.equal(m.head.weight.detach(), W) and torch.equal(m.head.bias.detach(), torch.zeros(10))
-    assert torch.equal(m.head(W).argmax(-1), torch.arange(10))
+    z = torch.randn(6, W.shape[1])
+    expect = torch.stack([torch.stack([(z[i] * W[c]).sum() for c in range(10)]) for i in range(6)])
+    torch.testing.assert_close(m.classify(z), expect)
+    assert torch.equal(m.classify(W).argmax(-1), torch.arange(10))

@@ -7,8 +7,8 @@ import struct
 import pytest
 import torch
 
-from noprop.data import (BUNDLED, MNIST_FILES, DataError, batches, load_mnist, read_idx,
-                         split_validation, Split)
+from noprop import data as D
+from noprop.data import BUNDLED, MNIST_FILES, DataError, Split, batches, load_mnist, read_idx, split_validation
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,31 @@ def test_missing_files_without_download_say_where_they_looked(tmp_path, monkeypa
     with pytest.raises(DataError) as e:
         load_mnist(data_dir=tmp_path / "empty")
     msg = str(e.value)
-    assert "Looked in" in msg and str(tmp_path / "empty") in msg and "--download" in msg
+    assert "looked in" in msg and str(tmp_path / "empty") in msg and "--download" in msg
+
+
+def test_no_folder_to_search_is_worded_as_what_to_pass(monkeypatch):
+    monkeypatch.delenv("NOPROP_DATA", raising=False)
+    with pytest.raises(DataError) as e:
+        D.load_idx_dataset("kmnist")
+    msg = str(e.value)
+    assert "no folder to look in was given" in msg and "--data-dir DIR" in msg and "Looked in: ." not in msg
+
+
+def test_a_valid_file_of_another_dataset_is_named_as_such(tmp_path, mnist_copy, monkeypatch):
+    """--dataset fashion-mnist pointed at a folder of MNIST files: the files are fine, just not
+    Fashion-MNIST's, so the advice must not be to delete them."""
+    monkeypatch.delenv("NOPROP_DATA", raising=False)
+    with pytest.raises(DataError) as e:
+        D.load_idx_dataset("fashion-mnist", data_dir=mnist_copy)
+    msg = str(e.value)
+    assert "official mnist file" in msg and "not fashion-mnist's" in msg and "--dataset mnist" in msg
+    assert "delete" not in msg
+    # a damaged file is still reported as damaged (the images are checked first)
+    p = mnist_copy / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(DataError, match="delete it"):
+        D.load_idx_dataset("fashion-mnist", data_dir=mnist_copy)
 
 
 def test_download_from_local_server_verifies(tmp_path, monkeypatch, http_server):

@@ -33,7 +33,8 @@ def cifar_batch(n, classes, label_key, seed):
 def make_cifar_tarball(tmp: Path, name: str, n=40) -> Path:
     """A small tarball in the official layout (pickled dicts with bytes keys, protocol 2)."""
     if name == "cifar10":
-        folder, members, key, m = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10
+        members = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        folder, key, m = "cifar-10-batches-py", b"labels", 10
     else:
         folder, members, key, m = "cifar-100-python", ["train", "test"], b"fine_labels", 100
     src = tmp / "src"

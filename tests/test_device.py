@@ -59,9 +59,15 @@ def test_cli_names_the_device_option(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16():
+@pytest.mark.parametrize("flags,native", [({"avx2", "fma"}, False), ({"avx2", "avx512f"}, False),
+                                          ({"avx512f", "avx512_bf16"}, True),
+                                          ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True)])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(flags, native, monkeypatch):
+    from noprop import machine
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
     cpu = torch.device("cpu")
-    native = bool({"avx512_bf16", "amx_bf16"} & device.cpu_flags())
     assert device.bf16_native(cpu) == native
     assert device.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert device.resolve_precision("fp32", cpu) == "fp32"

@@ -19,9 +19,12 @@ def test_learned_is_orthogonal_and_trainable():
     e = ClassEmbedding("learned", 10)
     assert e.dim == 20 and e.trainable
     torch.testing.assert_close(e.weight @ e.weight.T, torch.eye(10), atol=1e-5, rtol=0)
-    # more classes than dimensions: orthogonal rows are impossible, so random init
-    e2 = ClassEmbedding("learned", 30, dim=20)
-    assert e2.weight.shape == (30, 20) and e2.trainable
+    # more classes than dimensions: orthogonal rows are impossible, so N(0, 1/d) rows, full rank
+    e2 = ClassEmbedding("learned", 300, dim=20)
+    assert e2.trainable
+    assert abs(e2.weight.std().item() - 20 ** -0.5) < 0.1 * 20 ** -0.5
+    assert torch.linalg.matrix_rank(e2.weight) == 20
+    assert (e2.weight @ e2.weight.T - torch.eye(300)).abs().max() > 0.5  # not (and cannot be) orthonormal
 
 
 def test_unknown_kind_is_refused():

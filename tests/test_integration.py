@@ -11,8 +11,11 @@ import torch
 
 from noprop.config import Config
 from noprop.data import Split, load_mnist, subset
-from noprop.evaluate import accuracy_runs, block_diagnostics, predict
-from noprop.train import LAST, Trainer
+from noprop.diagnose import chain_analysis
+from noprop.evaluation import accuracy_runs, predict
+from noprop.trainer import LAST, Trainer
+
+pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
 
 CFG = dict(T=10, epochs=2, batch_size=64, order="paper", train_subset=3000, val_subset=500)
 
@@ -40,11 +43,15 @@ def test_every_block_and_the_chain_work(trained):
     """Pitfall 1 and 6 in behaviour: every block alone beats chance at its own noise level (a
     reversed schedule leaves all but one block at chance) and the chain from z_0 classifies."""
     tr, data, _ = trained
-    d = block_diagnostics(tr.model, subset(data.test, 500))
-    assert min(d["block"]) > 80.0, d["block"]
-    assert d["chain"][-1] > 85.0 and d["head"][-1] > 85.0, d
+    d = chain_analysis(tr.model, subset(data.test, 500))
+    assert min(d["q_sample"]) > 80.0, d["q_sample"]
+    assert d["chain"][-1] > 85.0 and d["head_chain"][-1] > 85.0, d
     # blocks later in the chain see cleaner labels, so the last is at least as good as the first
-    assert d["block"][-1] >= d["block"][0]
+    assert d["q_sample"][-1] >= d["q_sample"][0]
+    # the last block leans on z: fed zeros instead of its input, it loses accuracy
+    assert d["zeros"][-1] < d["q_sample"][-1] - 10, d
+    # images shuffled against the labels: chance, within the noise of 500 images
+    assert abs(d["shuffled"] - d["chance"]) < 5.0, d["shuffled"]
 
 
 def test_trained_predictions_ignore_labels(trained):
@@ -70,7 +77,11 @@ def test_cli_evaluate_and_diagnose(trained):
     assert r.returncode == 0 and "noise-free" in r.stdout
     r = run_cli("diagnose", str(out / LAST), "--json")
     assert r.returncode == 0, r.stderr
-    assert len(json.loads(r.stdout)["block"]) == 10
+    d = json.loads(r.stdout)
+    assert {"q_sample", "chain", "chain_no_noise", "pure_noise", "zeros", "head_chain"} <= set(d)
+    assert all(len(d[k]) == 10 for k in ("q_sample", "pure_noise", "zeros"))
+    r = run_cli("diagnose", str(out / LAST))
+    assert r.returncode == 0 and "(c) N(0,I)" in r.stdout and "shuffled against labels" in r.stdout
 
 
 def test_cli_train_resume_and_result(tmp_path):

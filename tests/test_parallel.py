@@ -14,6 +14,8 @@ import torch
 from noprop import checkpoint
 from noprop.parallel import owned_blocks
 
+pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+
 TINY = ["-T", "4", "--train-subset", "512", "--val-subset", "64", "--batch-size", "32", "--eval-runs", "1",
         "--threads", "1", "--quiet"]
 
@@ -33,7 +35,7 @@ def test_owned_blocks_partition(T, world):
 
 
 def blocks_of(path: Path) -> dict:
-    return {k: v for k, v in checkpoint.load(path)["model"].items() if k.startswith("blocks.")}
+    return {k: v for k, v in checkpoint.load_weights(path)[0].items() if k.startswith("blocks.")}
 
 
 def test_two_workers_train_the_same_blocks_as_one_process(tmp_path):
@@ -57,7 +59,7 @@ def test_two_workers_train_the_same_blocks_as_one_process(tmp_path):
     assert r.returncode == 0, r.stderr
     r = noprop("train", *TINY, "--epochs", "2", "--workers", "2", "--out", str(tmp_path / "one"), "--resume")
     assert r.returncode == 0, r.stderr
-    assert checkpoint.load(tmp_path / "one" / "last.safetensors")["epoch"] == 2
+    assert checkpoint.load(tmp_path / "one" / "train_state.safetensors")["epoch"] == 2
     r = noprop("evaluate", str(tmp_path / "one" / "last.safetensors"), "--runs", "1", "--split", "val")
     assert r.returncode == 0, r.stderr
 
@@ -70,11 +72,17 @@ def test_learned_embedding_stays_in_sync_in_all_order(tmp_path):
     assert "test accuracy" in r.stdout
 
 
-def test_refusals(tmp_path):
-    r = noprop("train", *TINY, "--workers", "5", "--out", str(tmp_path / "a"))
-    assert r.returncode == 2 and "--workers" in r.stderr and "at most T" in r.stderr
-    r = noprop("train", *TINY, "--workers", "2", "--method", "fm", "--out", str(tmp_path / "b"))
-    assert r.returncode == 2 and "NoProp-DT" in r.stderr
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "5"], "--batch-size: the global batch of 32 does not split into 5"),
+    (["--workers", "4", "--block-groups", "3"], "--block-groups: 3 does not divide the 4 workers"),
+    (["--workers", "4", "--block-groups", "4", "-T", "2"], "--block-groups: 4 groups for 2 block(s)"),
+    (["--workers", "2", "--block-groups", "2", "--order", "random"], "--order: random"),
+    (["--workers", "2", "--method", "fm", "--block-groups", "2"], "--block-groups: 2 groups for 1 block(s)"),
+])
+def test_refusals(tmp_path, args, needle):
+    r = noprop("train", *TINY, *args, "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "a").exists()
 
 
 def children(pid: int) -> list[int]:
@@ -108,8 +116,8 @@ def test_a_killed_worker_stops_the_others_and_the_run_resumes(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode != 0 and "killed by signal 9" in err, err
     assert time.time() - t0 < 60, "the surviving worker must stop promptly"
-    assert checkpoint.load(out / "last.safetensors")["epoch"] >= 1  # a good checkpoint survived
+    assert checkpoint.load(out / "train_state.safetensors")["epoch"] >= 1  # a good checkpoint survived
     assert len(before) > 0
     r = noprop(*args, "--resume")
     assert r.returncode == 0, r.stderr
-    assert checkpoint.load(out / "last.safetensors")["epoch"] == 3
+    assert checkpoint.load(out / "train_state.safetensors")["epoch"] == 3

@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+
 
 def reproduce(*args):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}

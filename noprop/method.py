@@ -1,0 +1,203 @@
+"""What every training method provides, and the registry that names them.
+
+A method is an ``nn.Module`` subclass of ``Method``. Its ``forward(x, y)`` is its training loss
+(lucidrains-style: the module *is* the objective) and ``predict(x)`` its inference, which sees
+images only. The trainer, the evaluation, the CLI and the Python API talk to methods through this
+interface alone, so adding a method is one module plus one ``@register_method``:
+
+    @register_method
+    class MyMethod(Method):
+        name = "mine"                       # --method mine
+        display_name = "My method"
+        @classmethod
+        def from_config(cls, cfg, image_shape, num_classes, embedding): ...
+        def loss(self, x, y, blocks=None): ...          # {"loss": scalar, ...parts to log}
+        def final_latent(self, x, noise=True, generator=None, steps=None, solver=None): ...
+        def classify(self, z): ...                      # class scores from the final latent
+
+**Blocks.** A method is trained as ``num_blocks`` parts that learn independently (NoProp-DT: its T
+blocks; every one-network method: a single block). Block t's parameters (``block_parameters(t)``)
+get their own optimizer; ``shared_parameters()`` (NoProp-DT's head and a learned embedding) one more.
+``loss(x, y, blocks)`` is the loss of the listed blocks (1-based; None: all of them). The trainer's
+orders (paper: block by block; all; random), the block-parallel and data-parallel modes and the
+checkpoints follow from these few facts, for any method.
+
+**Plugins.** A method defined outside the package registers itself when its module is imported.
+``--plugin PATH.py|module`` (or ``Config.plugins``) imports it; the run's config.json records it,
+so ``noprop evaluate``, ``noprop train --config`` and ``noprop.load`` find the method again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from .ode import last
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .embedding import ClassEmbedding
+
+
+@dataclass
+class ChainStep:
+    """One step of an inference chain: the step index (1-based), the latent after it, and the
+    class logits of the network evaluated at that step (None where a step has none)."""
+    t: int
+    z: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+class Method(nn.Module):
+    # --- what the registry and the configuration need to know --------------------------------
+    name: ClassVar[str] = ""                 # registry key: --method NAME
+    display_name: ClassVar[str] = ""         # in tables and reports, e.g. "NoProp-DT"
+    in_paper: ClassVar[bool] = True          # False: a reference method the paper does not have
+    listing_order: ClassVar[int] = 100       # where it stands in lists and tables (the paper's order first)
+    solvers: ClassVar[tuple[str, ...]] = ()  # inference solvers over `steps`; the first is the default
+    defaults: ClassVar[dict] = {}            # Config fields this method fills when left None
+    per_block_metrics: ClassVar[tuple[str, ...]] = ()  # loss parts logged per block (vectors)
+    find_unused_parameters: ClassVar[bool] = False      # DDP: some parameters may get no gradient
+
+    embed: ClassEmbedding
+    num_classes: int
+
+    @classmethod
+    def from_config(cls, cfg: Config, image_shape: tuple[int, int, int], num_classes: int,
+                    embedding: ClassEmbedding) -> Method:
+        """Build the method for a validated Config (the embedding is built by the caller)."""
+        raise NotImplementedError(f"{cls.__name__} must define from_config")
+
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Refuse option values this method cannot work with (raise ConfigError naming the option)."""
+
+    # --- training -------------------------------------------------------------------------------
+    @classmethod
+    def blocks_for(cls, cfg: Config) -> int:
+        """num_blocks of the model cfg builds, known before building it (parallel layouts need it)."""
+        return 1
+
+    @property
+    def num_blocks(self) -> int:
+        return 1
+
+    def block_parameters(self, t: int) -> list[nn.Parameter]:
+        """Parameters trained by block t (1-based) alone. One-network methods: all but the shared."""
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every block's loss trains (averaged over all ranks in parallel training)."""
+        return []
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """{"loss": the scalar to minimise, other entries: parts to log}. Optional entries
+        "shared_part" and "block_part", with loss = shared_part + block_part, where shared_part alone
+        gives the shared parameters their gradient and block_part only the blocks': parallel
+        training then averages the shared gradients while block_part is back-propagated."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        return self.loss(x, y, blocks)
+
+    # --- inference: images only ----------------------------------------------------------------
+    def final_latent(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
+                     steps: int | None = None, solver: str | None = None) -> torch.Tensor:
+        """The latent the classifier reads (NoProp-DT: z_T of Eq. 3; CT/FM: z_1) from z_0 ~ N(0, I)."""
+        return last(self.chain(x, noise, generator, steps, solver)).z
+
+    def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
+              steps: int | None = None, solver: str | None = None) -> Iterator[ChainStep]:
+        """The inference chain step by step, for diagnostics. Default: the final latent only."""
+        yield ChainStep(1, self.final_latent(x, noise, generator, steps, solver))
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits) from a final latent; their argmax is the prediction and their
+        softmax what the ensemble rule averages."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
+                       steps: int | None = None, solver: str | None = None) -> torch.Tensor:
+        return self.classify(self.final_latent(x, noise, generator, steps, solver))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
+                steps: int | None = None, solver: str | None = None) -> torch.Tensor:
+        """Predicted labels for a batch of (normalised) images."""
+        return self.predict_logits(x, noise, generator, steps, solver).argmax(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method available as --method cls.name and in noprop.METHODS."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} is not a subclass of noprop.Method")
+    if not cls.name or not cls.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{cls.__name__}.name must be a short identifier (letters, digits, - or _), "
+                         f"got {cls.name!r}")
+    old = REGISTRY.get(cls.name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"method name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from .config import ConfigError
+    _builtin()
+    if name not in REGISTRY:
+        raise ConfigError(f"--method: unknown method {name!r}; choose one of {', '.join(method_names())} "
+                          "(a method of your own: --plugin FILE.py that registers it)")
+    return REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    """Every registered method, the paper's first, in the order lists and tables show them."""
+    _builtin()
+    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].listing_order, n))
+
+
+def _builtin() -> None:
+    """Import the package's own methods (they register themselves)."""
+    from . import adjoint, backprop, cnn, ct, dt, fm  # noqa: F401
+
+
+def load_plugin(spec: str) -> None:
+    """Import a module that registers methods: a path to a .py file or a module name. Importing the
+    same one twice is a no-op."""
+    from .config import ConfigError
+    if spec.endswith(".py"):
+        path = Path(spec).resolve()
+        name = "noprop_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
+        loaded = {Path(f).resolve() for m in list(sys.modules.values())
+                  if isinstance(f := getattr(m, "__file__", None), str)}
+        if name in sys.modules or path in loaded:  # already imported (by this name or another)
+            return
+        if not path.is_file():
+            raise ConfigError(f"--plugin: {path} does not exist; give the .py file that registers the method")
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    else:
+        try:
+            importlib.import_module(spec)
+        except ImportError as e:
+            raise ConfigError(f"--plugin: cannot import module {spec!r} ({e})") from e

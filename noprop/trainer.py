@@ -1,0 +1,511 @@
+"""The training loop: one method's blocks, their optimizers, the run folder.
+
+Every method is trained as ``model.num_blocks`` blocks that learn independently (NoProp-DT: its T
+blocks; a one-network method: one), each with its own optimizer, plus one optimizer for the
+parameters all blocks share (NoProp-DT's head and a learned W_Embed). Three orders:
+
+- ``paper``  (Alg. 1): each epoch trains block 1 over the whole training set, then block 2, ... (a
+              one-network method simply trains over the data);
+- ``all``:    every block on every minibatch, one pass over the data per epoch (CE + KL once, each
+              block's weighted L2: each block still gets exactly the gradient of its own L_t);
+- ``random``: one block drawn uniformly per minibatch (the unbiased estimator of Eq. 58).
+
+Every block pass starts from RNG state derived from (seed, epoch, block) alone, so a resumed run
+draws the same data order and noise as an uninterrupted one, and a block trains identically on
+whichever process owns it. Collectives (parallel runs) are parallel.py's; model building and
+checkpoint files are models.py's and checkpoint.py's.
+
+A run folder holds config.json, metrics.jsonl (one line per epoch), last.safetensors and
+best.safetensors (portable weights: the final and the best-validation model), train_state.safetensors
+(what a resume needs) and, once finished, result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, device, models, noise
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError
+from .data import Dataset, augment, batches, load_dataset, subset
+from .evaluation import accuracy_runs, mean_se, rules_accuracy
+from .machine import describe, provenance
+from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or inf. The last good checkpoint is kept."""
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used as asked."""
+
+
+LAST, BEST, STATE, CONFIG, METRICS, RESULT = ("last.safetensors", "best.safetensors", "train_state.safetensors",
+                                              "config.json", "metrics.jsonl", "result.json")
+
+
+def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
+    data = load_dataset(cfg.dataset, data_dir=data_dir, allow_download=allow_download,
+                        val_size=cfg.val_size, split_seed=cfg.seed)
+    data.train = subset(data.train, cfg.train_subset, cfg.seed)
+    data.val = subset(data.val, cfg.val_subset, cfg.seed)
+    data.test = subset(data.test, cfg.test_subset, 0)  # the same images whatever the seed
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(data.train)} "
+                          "training images; lower it or use more data")
+    return data
+
+
+def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    """Table 3's optimizer. fused: one kernel for the whole update, about 10x faster than the
+    per-tensor loop on CPU (3.2 ms -> 0.3 ms a DT block step); see match_layout for what it asks
+    of a resume."""
+    opt_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded optimizer state tensor its parameter's memory layout. A checkpoint stores
+    tensors contiguous, but a channels_last conv weight's moments must be channels_last too: the
+    fused Adam kernel walks parameter, gradient and moments as flat memory, so a layout mismatch
+    would pair the wrong elements (found by the resume-equals-uninterrupted test)."""
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2 ** 63)
+
+
+def block_seed(seed: int, epoch: int, block: int) -> int:
+    return (epoch_seed(seed, epoch) * 1_009 + block) % (2 ** 63)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: Dataset, out_dir: str | os.PathLike | None = None, quiet: bool = False,
+                 dist: Dist = SINGLE):
+        self.cfg, self.data, self.dist = cfg.validate(), data, dist
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.quiet = quiet or not dist.main
+        self.device = device.resolve(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL collectives and gather_object use it
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.seed)
+        self.model = models.build(cfg, data.image_shape, data.num_classes, data.train).to(self.device)
+        check_layout(cfg, self.model.num_blocks, dist)
+        self.precision = device.resolve_precision(cfg.precision, self.device)
+        self.autocast = device.autocast(self.device, self.precision)
+        self.blocks = owned_blocks(self.model.num_blocks, dist.groups, dist.group)  # what this rank trains
+        self.block_opts = {t: make_optimizer(self.model.block_parameters(t), cfg)
+                           for t in range(1, self.model.num_blocks + 1)}
+        shared = self.model.shared_parameters()
+        self.shared_opt = make_optimizer(shared, cfg) if shared else None
+        self.sync = Collectives(dist, self.model, self.device) if dist.active else None
+        self.forward = self.sync.wrap(self.model) if self.sync else self.model
+        self.epoch = 0          # epochs completed
+        self.passes_done = 0    # block passes of the current epoch completed (a time budget may stop mid-epoch)
+        self.best_val = -1.0
+        self.history: list[dict] = []
+        self.started = time.perf_counter()
+
+    # --- run folder ------------------------------------------------------------------------------
+    def prepare_dir(self, resume: bool) -> None:
+        """Rank 0 checks and claims the run folder; every rank loads the train state when resuming."""
+        if self.out is None:
+            if resume:
+                raise RunDirError("--resume needs the run folder (--out) to continue")
+            return
+        error = None
+        try:
+            self._prepare_dir(resume)
+        except (RunDirError, CheckpointError) as e:
+            if not self.dist.active:
+                raise
+            error = str(e)
+        agree(self.dist, error)
+        epochs = gather(self.dist, (self.epoch, self.passes_done))
+        if len(set(epochs)) > 1:
+            raise DistributedError(f"the ranks resumed from different points {epochs}: every rank must "
+                                   f"see the same {self.out / STATE} (a shared file system)")
+
+    def _prepare_dir(self, resume: bool) -> None:
+        if self.dist.main:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                probe = self.out / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                for stale in self.out.glob(".*.tmp"):  # a write cut short by a crash
+                    stale.unlink()
+            except OSError as e:
+                raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a "
+                                  "writable folder") from e
+        state_file = self.out / STATE
+        legacy = self.out / LAST  # before version 0.2 the full state was in last.safetensors
+        if resume:
+            if state_file.exists():
+                self.load_state(checkpoint.load(state_file))
+            elif legacy.exists() and checkpoint.read_metadata(legacy).get("format") == checkpoint.FORMAT:
+                self.load_state(checkpoint.load(legacy))
+            else:
+                raise RunDirError(f"--resume: {self.out} holds no run to continue (no {STATE}); leave out "
+                                  "--resume to start a new run there")
+        elif self.dist.main and (state_file.exists() or legacy.exists() or (self.out / RESULT).exists()):
+            raise RunDirError(f"--out {self.out} already holds a run; pass --resume to continue it or "
+                              "choose another folder (nothing was overwritten)")
+        if self.dist.main:
+            checkpoint.atomic_write_text(self.out / CONFIG, self.cfg.to_json())
+
+    def state(self) -> dict:
+        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "passes_done": self.passes_done,
+                "best_val": self.best_val, "history": self.history, "model": self.model.state_dict(),
+                "block_opts": [self.block_opts[t].state_dict() for t in sorted(self.block_opts)],
+                "shared_opt": self.shared_opt.state_dict() if self.shared_opt else None}
+
+    def load_state(self, state: dict) -> None:
+        saved = Config.from_dict(state["config"])
+        diff = saved.differences(self.cfg)
+        if diff:
+            raise RunDirError(f"the checkpoint in {self.out} was trained with different settings "
+                              f"({', '.join(diff)}); resume with the same options or use another --out")
+        self.model.load_state_dict(models._legacy_keys(state["model"], self.model))
+        block_states, shared_state = state["block_opts"], state["shared_opt"]
+        if not block_states and self.shared_opt is None:  # before 0.2 one network's optimizer was 'shared'
+            block_states, shared_state = [shared_state], None
+        for t, s in zip(sorted(self.block_opts), block_states):
+            self.block_opts[t].load_state_dict(s)
+        if self.shared_opt is not None:
+            self.shared_opt.load_state_dict(shared_state)
+        for o in self.optimizers():
+            match_layout(o)
+        self.epoch, self.best_val, self.history = state["epoch"], state["best_val"], state["history"]
+        self.passes_done = state.get("passes_done", 0)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return list(self.block_opts.values()) + ([self.shared_opt] if self.shared_opt else [])
+
+    def save(self, best: bool) -> None:
+        if self.out is None:
+            return
+        try:
+            checkpoint.save(self.out / STATE, self.state())
+            models.save(self.out / LAST, self.model, self.epoch)
+            if best:
+                models.save(self.out / BEST, self.model, self.epoch)
+            checkpoint.atomic_write_text(self.out / METRICS, "".join(json.dumps(h) + "\n" for h in self.history))
+        except OSError as e:  # a full disk, a quota, a vanished folder: the old files are intact
+            raise RunDirError(f"--out {self.out}: writing the epoch {self.epoch} checkpoint failed "
+                              f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
+                              "rerun with --resume") from e
+
+    # --- one optimisation step ----------------------------------------------------------------
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after `progress` epochs (a float) of cfg.epochs."""
+        if self.cfg.lr_schedule == "cosine":
+            return self.cfg.lr * (1 + math.cos(math.pi * min(progress / max(self.cfg.epochs, 1), 1.0))) / 2
+        return self.cfg.lr
+
+    def step(self, blocks: list[int], x, y, where: str, progress: float) -> dict | None:
+        """One optimizer step of the given blocks (1-based; [] when this rank idles at this step of
+        a parallel run but still takes part in averaging the shared gradients). Returns the loss
+        parts."""
+        opts = [self.block_opts[t] for t in blocks] + ([self.shared_opt] if self.shared_opt else [])
+        for o in opts:
+            for group in o.param_groups:
+                group["lr"] = self.lr_at(progress)
+            o.zero_grad(set_to_none=True)
+        parts, bad = None, False
+        if blocks:
+            with torch.autocast(**self.autocast):
+                parts = self.forward(x, y, blocks if self.model.num_blocks > 1 else None)
+            bad = not bool(torch.isfinite(parts["loss"]))
+        message = (f"non-finite loss ({parts['loss'].item() if parts else ''}) at {where}; the last good "
+                   f"checkpoint{' in ' + str(self.out) if self.out else ''} is kept. Try a lower --lr.")
+        if self.sync is None:
+            if bad:
+                raise DivergenceError(message)
+            parts["loss"].backward()
+        else:
+            # Averaging the shared gradients (and the status word) overlaps the rest of the backward
+            # pass where the method says which part of the loss alone reaches them.
+            split = parts is not None and "block_part" in parts and self.shared_opt is not None
+            if split:
+                parts["shared_part"].backward()
+            elif parts is not None:
+                parts["loss"].backward()
+            shared = self.sync.start_shared(contributed=parts is not None, bad=bad)
+            if split:
+                parts["block_part"].backward()
+            pending = [self.sync.average_block(t) for t in blocks] if self.model.num_blocks > 1 else []
+            for h in pending:
+                self.sync.finish_block(h)
+            if self.sync.finish_shared(shared):
+                raise DivergenceError(message if bad else "another worker's loss became non-finite (its message "
+                                      "names the block and step); the last good checkpoint is kept")
+        for o in opts:
+            o.step()
+        return parts
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of a global training batch as the network takes it: augmented if asked
+        (on the CPU, from the seeded generator), on the run's device, in the chosen layout."""
+        if self.dist.shards > 1:
+            b = len(y) // self.dist.shards
+            x, y = x[self.dist.shard * b:(self.dist.shard + 1) * b], y[self.dist.shard * b:(self.dist.shard + 1) * b]
+        if self.cfg.augment:
+            x = augment(x)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return (x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x), y
+
+    # --- one epoch ----------------------------------------------------------------------------
+    def passes(self) -> list[list[int] | None]:
+        """The epoch's passes over the data, as the block(s) this rank trains in each (None: idle
+        while other groups train). Paper order: one pass per block (per round of blocks across the
+        groups); otherwise one pass training every owned block (all) or a random one (random)."""
+        if self.cfg.order == "paper":
+            rounds = len(owned_blocks(self.model.num_blocks, self.dist.groups, 0))
+            return [[self.blocks[i]] if i < len(self.blocks) else None for i in range(rounds)]
+        return [self.blocks]
+
+    def _seed_pass(self, e: int, blocks: list[int] | None) -> torch.Generator:
+        """Seed the pass's noise and return its data-order generator. Paper order: from (seed, epoch,
+        block); other orders: from (seed, epoch), with noise of its own per block group. Data shards
+        of a group draw the same noise in deterministic mode (each keeps its slice) and their own
+        otherwise."""
+        cfg, d = self.cfg, self.dist
+        if cfg.order == "paper":
+            s = block_seed(cfg.seed, e, blocks[0] if blocks else 0)
+            order_seed = s
+        else:
+            order_seed = epoch_seed(cfg.seed, e)
+            s = block_seed(cfg.seed, e, self.model.num_blocks + 1 + d.group) if d.groups > 1 else order_seed
+        if d.shards > 1 and not cfg.deterministic:
+            s = (s * 7_919 + 1 + d.shard) % (2 ** 63)
+        torch.manual_seed(s)
+        return torch.Generator().manual_seed(order_seed)
+
+    def train_epoch(self, bar: tqdm | None = None) -> tuple[dict, bool]:
+        """Train the passes of epoch self.epoch + 1 not yet done. Returns the epoch's mean loss parts
+        and whether the epoch finished (False: the time budget ran out after a pass)."""
+        cfg, e = self.cfg, self.epoch + 1
+        self.model.train()
+        n_batches = len(self.data.train) // cfg.batch_size
+        sums: dict = {}
+        passes = self.passes()
+        sharded = noise.sharded(self.dist.shard, self.dist.shards) if cfg.deterministic else _nothing()
+        with sharded:
+            for i in range(self.passes_done, len(passes)):
+                blocks = passes[i]
+                gen = self._seed_pass(e, blocks)
+                data = batches(self.data.train, cfg.batch_size, gen, drop_last=True)
+                for step in range(n_batches):
+                    x, y = next(data)
+                    if blocks is not None and cfg.order == "random":
+                        blocks = [int(torch.randint(1, self.model.num_blocks + 1, (1,), generator=gen))]
+                    where = f"epoch {e}, " + (f"block {blocks[0]}, " if blocks and len(blocks) == 1
+                                              and self.model.num_blocks > 1 else "") + f"step {step}"
+                    if blocks is None:  # idle: only the shared gradients' averaging
+                        parts = self.step([], None, None, where, self.epoch + step / n_batches)
+                    else:
+                        parts = self.step(blocks, *self._batch(x, y), where, self.epoch + step / n_batches)
+                    if parts is not None:
+                        self._record(sums, blocks, parts)
+                    if bar is not None:
+                        bar.update()
+                self.passes_done = i + 1
+                if i + 1 < len(passes) and self._budget_spent():
+                    return self._means(sums), False
+        if self.sync is not None:
+            self.sync.gather_blocks(self.blocks, self.block_opts, match_layout)
+            self.sync.check_in_sync(self.blocks)
+        self.passes_done = 0
+        return self._means(sums), True
+
+    def _record(self, sums: dict, blocks: list[int], parts: dict) -> None:
+        per_block = type(self.model).per_block_metrics
+        for k, v in parts.items():
+            if k in ("shared_part", "block_part"):
+                continue
+            v = v.detach().float().reshape(-1).cpu()
+            if k in per_block:
+                for t, value in zip(blocks, v.tolist()):
+                    s, n = sums.setdefault(("per_block", k), ({}, {}))
+                    s[t], n[t] = s.get(t, 0.0) + value, n.get(t, 0) + 1
+            else:
+                s, n = sums.get(k, (0.0, 0))
+                sums[k] = (s + float(v.mean()), n + 1)
+
+    def _means(self, sums: dict) -> dict:
+        out = {}
+        for k, (s, n) in sums.items():
+            if isinstance(k, tuple):
+                out[f"{k[1]}_per_block"] = [s[t] / n[t] if t in s else float("nan")
+                                            for t in range(1, self.model.num_blocks + 1)]
+            else:
+                out[k] = s / max(n, 1)
+        return out
+
+    def _budget_spent(self) -> bool:
+        """Whether the time budget is spent; rank 0's clock decides for every rank."""
+        if self.cfg.minutes is None:
+            return False
+        spent = time.perf_counter() - self.started >= 60 * self.cfg.minutes
+        if self.dist.active:
+            spent = bool(gather(self.dist, spent)[0])
+        return spent
+
+    # --- evaluation during training ----------------------------------------------------------------
+    def validate(self) -> float:
+        return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed)[0]
+
+    def fit(self, resume: bool = False, log=print, stop=None) -> dict:
+        """Train until cfg.epochs, the time budget (cfg.minutes), or until stop(history) is true after
+        an epoch (history: the per-epoch entries, resumed ones included; single process)."""
+        self.prepare_dir(resume)
+        passes_per_epoch = len(self.passes())
+        n_batches = len(self.data.train) // self.cfg.batch_size
+        while self.epoch < self.cfg.epochs:
+            t0 = time.perf_counter()
+            with tqdm(total=(passes_per_epoch - self.passes_done) * n_batches, leave=False,
+                      desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=self.quiet or None,
+                      postfix=self._bar_postfix()) as bar:
+                stats, finished = self.train_epoch(bar)
+            stats["peak_memory_mb"] = gather(self.dist, device.peak_memory_mb(self.device))
+            train_s = time.perf_counter() - t0
+            if finished:
+                self.epoch += 1
+            else:
+                stats["blocks_trained"] = self.passes_done  # a budget stop inside the epoch
+            stop_now = not finished or self._budget_spent()
+            if self.dist.main:
+                val = self.validate() if len(self.data.val) else float("nan")
+                best = val > self.best_val
+                self.best_val = max(val, self.best_val)
+                entry = {"epoch": self.epoch + (0 if finished else self.passes_done / passes_per_epoch),
+                         **stats, "val_acc": val, "train_seconds": train_s}
+                if self.cfg.test_curve:  # for plots only: selection never looks at it
+                    entry["test_acc"] = accuracy_runs(self.model, self.data.test, runs=1, seed=self.cfg.seed)[0]
+                entry["seconds"] = time.perf_counter() - t0
+                self.history.append(entry)
+                self.save(best)
+                if log:
+                    losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
+                    what = f"epoch {self.epoch}/{self.cfg.epochs}" if finished else \
+                        f"time budget spent after {self.passes_done} block pass(es) of epoch {self.epoch + 1}"
+                    log(f"{what}: {losses}  val acc {val:.2f}%  ({train_s:.0f}s train)")
+                stop_now = stop_now or (stop is not None and stop(self.history))
+            if self.dist.active:
+                from .parallel import long_wait
+                long_wait()  # rank 0 validated and wrote alone
+                stop_now = bool(gather(self.dist, stop_now)[0])
+            if stop_now:
+                break
+        return {"epochs": self.epoch, "best_val": self.best_val}
+
+    def _bar_postfix(self) -> str:
+        if self.model.num_blocks == 1 or self.cfg.order != "paper":
+            return ""
+        return f"blocks {self.blocks[0]}-{self.blocks[-1]}" if len(self.blocks) > 1 else f"block {self.blocks[0]}"
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, train_images: int = 0,
+                     seed: int = 0) -> dict:
+    """Test accuracy of a trained model under every inference rule (stochastic, no-noise and, with
+    ensemble = K > 0, the K-chain ensemble), each over `runs` inference runs; with train_images > 0
+    also the training accuracy on that many training images (a fixed subset; Table 1's train column)."""
+    rules = ("stochastic", "no-noise") + (("ensemble",) if ensemble else ())
+    out = {"test": rules_accuracy(model, data.test, runs, ensemble or 1, seed, rules)}
+    if train_images:
+        out["train"] = rules_accuracy(model, subset(data.train, train_images, 0), runs, ensemble or 1, seed, rules)
+        out["train_images"] = min(train_images, len(data.train))
+    return out
+
+
+def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool = False, quiet: bool = False,
+        dist: Dist = SINGLE, log=print, t0: float | None = None, stop=None, ensemble: int = 0,
+        train_images: int = 0):
+    """Train (or finish training) a run, then evaluate the final model on the test set (see
+    final_evaluation), written to result.json when there is a run folder. Returns (trainer, result);
+    result is None on ranks > 0."""
+    t0 = time.perf_counter() if t0 is None else t0
+    trainer = Trainer(cfg, data, out, quiet=quiet, dist=dist)
+    summary = trainer.fit(resume=resume, log=log if dist.main else None, stop=stop)
+    if not dist.main:
+        return trainer, None
+    ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images)
+    stochastic = ev["test"]["stochastic"]
+    result = {"test_acc_mean": stochastic["mean"], "test_acc_se": stochastic["se"],
+              "test_acc_runs": stochastic["runs"], **ev, "epochs": summary["epochs"],
+              "epochs_fraction": trainer.history[-1]["epoch"] if trainer.history else 0,
+              "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
+              "train_seconds": sum(h["train_seconds"] for h in trainer.history),
+              "model": "final epoch", "precision": trainer.precision, "device": str(trainer.device),
+              "workers": dist.world, "block_groups": dist.groups, "machine": describe(trainer.device),
+              **provenance()}
+    if out is not None:
+        checkpoint.atomic_write_text(Path(out) / RESULT, json.dumps(result, indent=2))
+    return trainer, result
+
+
+def worker(cfg_dict: dict, out: str, options: dict) -> None:
+    """The entrypoint of one process of a parallel run (parallel.launch): join the group, train,
+    evaluate on rank 0. After an elastic restart it resumes from the last checkpoint on its own."""
+    from . import parallel
+    from .device import threads
+    cfg = Config.from_dict(cfg_dict)
+    with threads(options.get("threads")):
+        d = parallel.init_from_env(cfg.device, models.blocks_for(cfg), cfg.block_groups)
+        finished = False
+        try:
+            resume = options.get("resume", False) or (parallel.restart_count() > 0 and (Path(out) / STATE).exists())
+            data = load_data(cfg, options.get("data_dir"), options.get("download", False))
+            if d.main:
+                print(describe_start(cfg, data, out, d), flush=True)
+            _, result = run(cfg, data, out, options.get("eval_runs", 5), resume, options.get("quiet", False), d,
+                            ensemble=options.get("ensemble", 0), train_images=options.get("train_images", 0))
+            if d.main:
+                print(describe_result(result), flush=True)
+            finished = True
+        finally:
+            sys.stdout.flush()
+            parallel.shutdown(wait=finished)
+
+
+def describe_start(cfg: Config, data: Dataset, out, d: Dist) -> str:
+    layout = f"; {d.world} workers ({d.groups} block group(s) x {d.shards} data shard(s))" if d.active else ""
+    return (f"data: {cfg.dataset} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
+            f"{len(data.test)} test; run folder {out if out is not None else '(in memory)'}{layout}")
+
+
+def describe_result(result: dict) -> str:
+    test = result["test"]
+    lines = [f"test accuracy (final model, {len(test['stochastic']['runs'])} inference runs): "
+             f"{test['stochastic']['mean']:.2f} +- {test['stochastic']['se']:.2f}%"]
+    others = [f"{rule} {r['mean']:.2f} +- {r['se']:.2f}%" for rule, r in test.items() if rule != "stochastic"]
+    if others:
+        lines.append(f"  other inference rules: {'; '.join(others)}")
+    return "\n".join(lines)
+
+
+__all__ = ["Trainer", "run", "final_evaluation", "load_data", "DivergenceError", "RunDirError", "mean_se"]
