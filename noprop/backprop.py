@@ -26,9 +26,10 @@ class Backprop(Method):
     name = "backprop"
     display_name = "Backprop"
     listing_order = 4
-    defaults = {"optimizer": "adamw"}
+    defaults = {"optimizer": "adamw", "head_init": "decoder", "logit_scale": 10.0}
 
-    def __init__(self, image_shape, embedding: ClassEmbedding, T: int = 10, dropout: float = 0.2):
+    def __init__(self, image_shape, embedding: ClassEmbedding, T: int = 10, dropout: float = 0.2,
+                 head_init: str = "decoder", logit_scale: float = 10.0):
         super().__init__()
         self.T = T
         self.num_classes = embedding.num_classes
@@ -41,14 +42,32 @@ class Backprop(Method):
         # The head starts as the class-embedding decoder, logit_c = <z, u_c> (the identity for
         # one-hot), not at random. With a random head the blocks, trained only through it, sent
         # whole classes to one softmax vertex of z_T, where nothing separates them again: 70.7%
-        # on MNIST after 7 epochs. The paper does not give this initialisation.
-        with torch.no_grad():
-            self.head.weight.copy_(embedding.weight.detach())
-            self.head.bias.zero_()
+        # on MNIST after 7 epochs. And the decoder's logits are multiplied by a learnable scale
+        # exp(log_scale), started at `logit_scale`: z_T is a mixture of softmax outputs, so <z, u_c>
+        # spans about 1 and the cross-entropy could not fall (1.52 after an epoch on Fashion-MNIST)
+        # before Adam's lr-sized steps had grown the head's weights tenfold. The paper gives
+        # neither; both are chosen on validation (docs/choices.md).
+        if head_init not in ("decoder", "random"):
+            raise ValueError(f"unknown head init {head_init!r}; choose decoder or random")
+        if head_init == "decoder":
+            with torch.no_grad():
+                self.head.weight.copy_(embedding.weight.detach())
+                self.head.bias.zero_()
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+        self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
 
     @classmethod
     def from_config(cls, cfg, image_shape, num_classes, embedding):
-        return cls(image_shape, embedding, T=cfg.T)
+        return cls(image_shape, embedding, T=cfg.T, head_init=cfg.head_init, logit_scale=cfg.logit_scale)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        from .config import ConfigError
+        if cfg.head_init not in ("decoder", "random"):
+            raise ConfigError(f"--head-init: {cfg.head_init!r} does not apply to backprop; choose decoder or random")
+        if cfg.logit_scale <= 0:
+            raise ConfigError(f"--logit-scale: must be > 0, got {cfg.logit_scale}")
 
     def chain(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> Iterator[ChainStep]:
         z = self.embed.noise(len(x), generator, x.device)
@@ -66,7 +85,7 @@ class Backprop(Method):
         return z
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
+        return self.log_scale.exp() * self.head(z)
 
     def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
         ce = F.cross_entropy(self.classify(self.final_latent(x)), y)

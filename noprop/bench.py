@@ -41,17 +41,17 @@ SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnis
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def timed(fn, min_run_time: float = 1.0, warmup: int = 3, dev=None) -> float:
-    """Seconds per call of fn: warm-up calls, then torch.utils.benchmark's blocked autorange at the
-    current thread count; the best block (the least disturbed by the rest of the machine)."""
+def timed(fn, min_run_time: float = 1.0, warmup: int = 3, dev=None, rounds: int = 1) -> float:
+    """Seconds per call of fn: warm-up calls, then `rounds` of torch.utils.benchmark's blocked
+    autorange at the current thread count; the best block of all (the least disturbed by the rest
+    of the machine)."""
     dev = dev or torch.device("cpu")
     for _ in range(warmup):
         fn()
     device.synchronize(dev)
     sync = (lambda: device.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     timer = benchmark.Timer("fn(); sync()", globals={"fn": fn, "sync": sync}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return min(m.times)
+    return min(min(timer.blocked_autorange(min_run_time=min_run_time).times) for _ in range(rounds))
 
 
 def count_flops(fn) -> int:
@@ -62,11 +62,12 @@ def count_flops(fn) -> int:
 
 
 def matmul_peak(precision: str = "fp32", n: int = 2048, min_run_time: float = 1.0, dev=None) -> float:
-    """Measured GFLOP/s of n x n matrix products in the given precision."""
+    """Measured GFLOP/s of n x n matrix products in the given precision: the best of three rounds,
+    so that a clock or a neighbour slowing one round does not lower the peak."""
     dev = dev or torch.device("cpu")
     a = torch.randn(n, n, device=dev).to(DTYPES[precision])
     b = torch.randn(n, n, device=dev).to(DTYPES[precision])
-    return 2 * n ** 3 / timed(lambda: a @ b, min_run_time, dev=dev) / 1e9
+    return 2 * n ** 3 / timed(lambda: a @ b, min_run_time / 3, dev=dev, rounds=3) / 1e9
 
 
 def workload_gflops(fn, min_run_time: float = 1.0, dev=None) -> float:

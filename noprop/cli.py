@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--embed-dim", type=int, help="dimension of a learned embedding; None means 20")
     opt("--head", help="DT output head: linear | posterior")
     opt("--posterior-sigma", type=float)
+    opt("--head-init", help="DT: bayes | random; backprop: decoder | random; None means the method's")
+    opt("--logit-scale", type=float, help="backprop: start of the head's learnable logit scale; None means 10")
     opt("--epochs", type=int)
     opt("--minutes", type=float, help="training time budget: stop after the epoch or block pass that "
         "crosses it, then save and evaluate")

@@ -27,6 +27,8 @@ class Config:
     embed_dim: int | None = None    # learned: 20 by default; prototype: C*H*W (fixed)
     head: str = "linear"            # linear (Eq. 14) | posterior (Eq. 15-16)
     posterior_sigma: float = 1.0    # sigma of the posterior head: not given in the paper
+    head_init: str | None = None    # DT: bayes (default) | random;  backprop: decoder (default) | random
+    logit_scale: float | None = None  # backprop: the learnable logit scale's start (default 10)
     T: int = 10
     eta: float | None = None        # None: the method's own default (the paper's: DT 0.1, CT 1)
     schedule_eps: float = 0.01      # cosine schedule squeezed into [eps, 1-eps]: see schedule.py

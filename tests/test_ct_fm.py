@@ -231,11 +231,13 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
 
 @pytest.mark.parametrize("kind,dim", [("one-hot", None), ("learned", 20)])
 def test_backprop_head_starts_as_the_embedding_decoder(kind, dim):
-    """logit_c = <z, u_c> at the start: at a class's own embedding its logit is the largest."""
+    """logit_c = s <z, u_c> at the start, s = 10 the learnable scale's start: at a class's own
+    embedding its logit is the largest."""
     torch.manual_seed(0)
     m = Backprop(SHAPE, ClassEmbedding(kind, 10, dim))
     W = m.embed.weight.detach()
     z = torch.randn(6, W.shape[1])
     expect = torch.stack([torch.stack([(z[i] * W[c]).sum() for c in range(10)]) for i in range(6)])
-    torch.testing.assert_close(m.classify(z), expect)
+    torch.testing.assert_close(m.classify(z), 10 * expect)
+    assert [n for n, _ in m.named_parameters() if "scale" in n] == ["log_scale"]  # learnable
     assert torch.equal(m.classify(W).argmax(-1), torch.arange(10))

@@ -16,10 +16,10 @@ from noprop.schedule import CosineSchedule
 SHAPE = (1, 16, 16)
 
 
-def small_model(kind="one-hot", T=4, head="linear", seed=0):
+def small_model(kind="one-hot", T=4, head="linear", seed=0, head_init="bayes"):
     torch.manual_seed(seed)
     dim = 256 if kind == "prototype" else None
-    return NoPropDT(SHAPE, ClassEmbedding(kind, 10, dim), T=T, eta=0.1, head=head)
+    return NoPropDT(SHAPE, ClassEmbedding(kind, 10, dim), T=T, eta=0.1, head=head, head_init=head_init)
 
 
 def batch(n=8, seed=1):
@@ -70,7 +70,9 @@ def grads(model):
 
 @pytest.mark.parametrize("kind", ["one-hot", "learned", "prototype"])
 def test_no_gradient_crosses_blocks(kind):
-    m = small_model(kind).train()
+    # a random head: the Bayes start can saturate the softmax for well-separated prototype rows, where
+    # CE's gradient is (correctly) zero; this test is about where gradient flows, not about the start
+    m = small_model(kind, head_init="random").train()
     x, y = batch()
     m.block_loss(3, x, y)["loss"].backward()
     g = grads(m)

@@ -1,5 +1,4 @@
 import json
-import math
 
 import pytest
 
@@ -104,22 +103,27 @@ def _res(seed, test, train=None, epochs=3, method="dt", embedding="one-hot", dat
     return r
 
 
-def test_collect_pools_seeds_and_runs():
+def test_collect_averages_each_seed_then_takes_the_spread_across_seeds():
     results = [_res(0, [90.0, 92.0]), _res(1, [94.0, 96.0]), _res(0, [50.0], dataset="cifar10", epochs=1)]
     c = collect(results)
     e = c[("dt", "one-hot", "mnist")]
-    # pooled values 90, 92, 94, 96: mean 93, sample var (9+1+1+9)/3 = 20/3, se = sqrt(20/3 / 4)
-    assert e["test"][0] == pytest.approx(93.0)
-    assert e["test"][1] == pytest.approx(math.sqrt(20 / 3 / 4))
+    # seed means 91 and 95: mean 93, s.e. across seeds = sd(91, 95) / sqrt(2) = 2; pooling the four
+    # values as if independent would have given sqrt(20/3/4) = 1.29, understating it
+    assert e["test"]["mean"] == pytest.approx(93.0)
+    assert e["test"]["se"] == pytest.approx(2.0)
+    assert e["test"]["seed_means"] == [91.0, 95.0]
+    # the inference-run spread, apart: each seed's runs have s.e. 1
+    assert e["test"]["runs_se"] == pytest.approx(1.0)
     assert (e["n_seeds"], e["n_runs"], e["epochs"]) == (2, 4, [3, 3])
     assert "train" not in e
     e = c[("dt", "one-hot", "cifar10")]
-    assert e["test"] == (50.0, 0.0) and (e["n_seeds"], e["n_runs"]) == (1, 1)
+    assert e["test"]["mean"] == 50.0 and e["test"]["se"] is None and (e["n_seeds"], e["n_runs"]) == (1, 1)
 
 
 def test_collect_train_runs():
-    c = collect([_res(0, [80.0], train=[99.0, 97.0])])
-    assert c[("dt", "one-hot", "mnist")]["train"] == pytest.approx((98.0, 1.0))
+    c = collect([_res(0, [80.0], train=[99.0, 97.0]), _res(1, [81.0], train=[95.0])])
+    train = c[("dt", "one-hot", "mnist")]["train"]
+    assert train["mean"] == pytest.approx(96.5) and train["se"] == pytest.approx(1.5)
 
 
 def test_table1_markdown_paper_beside_ours_and_only_our_rows():
@@ -132,9 +136,10 @@ def test_table1_markdown_paper_beside_ours_and_only_our_rows():
     assert lines[0].rstrip(" |").endswith("seeds × runs, epochs")
     assert len(lines) == 2 + 2
     dt = next(line for line in lines if line.startswith("| NoProp-DT (one-hot)"))
-    assert "99.30 ± 0.13" in dt and "99.47 ± 0.05" in dt and "2 × 2, 3 ep" in dt
+    # seed means 99.1 and 99.5: 99.30 ± 0.20 across seeds
+    assert "99.30 ± 0.20" in dt and "99.47 ± 0.05" in dt and "2 × 2, 3 ep" in dt
     ct = next(line for line in lines if line.startswith("| NoProp-CT (dim=20)"))
-    assert "97.00 ± 0.00" in ct and "97.70 ± 0.51" in ct
+    assert "97.00 (1 seed; runs ± 0.00)" in ct and "97.70 ± 0.51" in ct
     assert lines.index(dt) < lines.index(ct)  # the paper's row order
     assert "Backprop" not in md and "Adjoint" not in md and "NoProp-FM" not in md
 
@@ -150,7 +155,7 @@ def test_table1_markdown_train_columns_and_missing():
     assert bp.count("–") == 2  # no CIFAR-100 run of ours for backprop: ours train and test missing
     assert "98.63 ± 1.34" in bp and "45.85 ± 2.07" in bp and "99.46 ± 0.06" in bp
     dt = next(line for line in md.splitlines() if line.startswith("| NoProp-DT (one-hot)"))
-    assert "85.00 ± 0.00" in dt and "84.97 ± 0.67" in dt
+    assert "85.00 (1 seed; runs ± 0.00)" in dt and "84.97 ± 0.67" in dt
 
 
 # --- load_results --------------------------------------------------------------------------------
@@ -183,5 +188,5 @@ def test_load_results_reads_folders_and_reports_skipped(tmp_path):
     c = collect(results)
     e = c[("dt", "prototype", "mnist")]
     assert (e["n_seeds"], e["n_runs"], e["epochs"]) == (2, 3, [100, 100])
-    assert e["test"][0] == pytest.approx(99.5)
+    assert e["test"]["mean"] == pytest.approx((99.55 + 99.4) / 2)
     assert "99.54 ± 0.04" in table1_markdown(c)
