@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
     _plugin_arg(bn)
 
+    rs = sub.add_parser("results", help="regenerate the tables of README.md and docs/ from results/*.json")
+    rs.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    rs.add_argument("--root", default=".", help="the repository (holding results/ and docs/)")
+
     dg = sub.add_parser("diagnose", help="per-block and along-the-chain accuracy of a checkpoint")
     dg.add_argument("checkpoint")
     dg.add_argument("--split", default="val", choices=("test", "val"))
@@ -336,6 +340,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(a: argparse.Namespace) -> int:
+    from .results import run
+    return run(Path(a.root), check=a.check)
+
+
 def cmd_diagnose(a: argparse.Namespace) -> int:
     from .diagnose import chain_analysis, table
     model, cfg, split = _load_for_eval(a)
@@ -380,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         with device.threads(getattr(a, "threads", None)):
             return {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose,
                     "presets": cmd_presets, "table": cmd_table, "bench": cmd_bench,
-                    "reproduce": cmd_reproduce}[a.command](a)
+                    "reproduce": cmd_reproduce, "results": cmd_results}[a.command](a)
     except USER_ERRORS as e:
         print(f"noprop: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,275 @@
+"""`noprop results`: the tables of the README and docs/results.md, generated from results/*.json.
+
+Every number the documentation shows comes from a committed result file (what ran, on which
+commit, machine and CPU class, with every seed's and every inference run's numbers), through the
+functions here. `noprop results` rewrites the generated parts (between "<!-- results:NAME -->" and
+"<!-- /results:NAME -->" markers); `noprop results --check` fails when they differ from what the
+files give, so a typed or stale number cannot survive (a test runs it).
+
+Statistics: a seed's value is the mean of its inference runs; tables show mean ± s.e. across seeds
+(report.seed_stats), with the inference-run spread apart where it matters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .report import seed_stats
+
+CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
+               "avx2": "AVX2/FMA", "other": "other"}
+
+
+def load_results(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+
+
+def _pm(v: dict | None, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if v["se"] is None:
+        return f"{v['mean']:.{digits}f}"
+    return f"{v['mean']:.{digits}f} ± {v['se']:.{digits}f}"
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    cls = CLASS_NAMES.get(m["cpu_class"], m["cpu_class"])
+    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
+    return (f"{m['cpu']}, CPU class **{cls}**{caps}, {r.get('threads', m.get('threads'))} thread(s), torch "
+            f"{r.get('torch', m.get('torch'))}, noprop {r.get('noprop_version')} at commit "
+            f"`{(r.get('git_commit') or '?')[:12]}`")
+
+
+def source_line(name: str, r: dict) -> str:
+    return f"Source: `results/{name}.json`, made by `{r['command']}` on {machine_line(r)}."
+
+
+def _by_variant(r: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for c in r["cells"]:
+        out.setdefault(c["label"], []).append(c)
+    return out
+
+
+def _rule(cells: list[dict], rule: str, split: str = "test") -> dict | None:
+    runs = [c["result"].get(split, {}).get(rule, {}).get("runs") for c in cells]
+    return seed_stats(runs) if all(runs) and runs else None
+
+
+def _val(cells: list[dict], which: str = "last") -> dict:
+    vals = [[c["history"][-1]["val_acc"]] if which == "last" else [c["result"]["best_val_acc"]] for c in cells]
+    return seed_stats(vals)
+
+
+def _hist(cells: list[dict], key: str) -> dict | None:
+    vals = [[c["history"][-1][key]] for c in cells if key in c["history"][-1]]
+    return seed_stats(vals) if vals else None
+
+
+def _ensemble_key(cells: list[dict]) -> str | None:
+    keys = [k for k in cells[0]["result"].get("test", {}) if k.startswith("ensemble-")]
+    return keys[0] if keys else None
+
+
+# --- one table per study --------------------------------------------------------------------------
+def table_head_init(r: dict) -> str:
+    rows = ["| variant | seeds | validation acc (selection) | head CE at the end of training | "
+            "test acc, paper's rule | test acc, no noise |", "|---|---|---|---|---|---|"]
+    groups = _by_variant(r)
+    for label, cells in groups.items():
+        rows.append(f"| {label} | {len(cells)} | {_pm(_val(cells))} | {_pm(_hist(cells, 'ce'), 3)} | "
+                    f"{_pm(_rule(cells, 'stochastic'))} | {_pm(_rule(cells, 'no-noise'))} |")
+    return "\n".join(rows) + "\n\n" + _choice(groups, lambda lab: lab.split(",")[1], "head")
+
+
+def _choice(groups: dict[str, list[dict]], budget_of, what: str) -> str:
+    """Which variant wins on validation at each budget (the choice the defaults follow)."""
+    budgets: dict[str, list[tuple[float, str]]] = {}
+    for label, cells in groups.items():
+        budgets.setdefault(budget_of(label).strip(), []).append((_val(cells)["mean"], label))
+    lines = [f"- {b}: best validation accuracy with **{max(v)[1].split(',')[0]}**" for b, v in budgets.items()]
+    return f"Chosen on validation ({what}):\n" + "\n".join(lines)
+
+
+def table_logit_scale(r: dict) -> str:
+    rows = ["| start of the logit scale | validation acc after each epoch (selection) | training CE per epoch | "
+            "scale at the end |", "|---|---|---|---|"]
+    groups = _by_variant(r)
+    for label, cells in groups.items():
+        c = cells[0]
+        vals = ", ".join(f"{h['val_acc']:.2f}" for h in c["history"])
+        ces = ", ".join(f"{h['ce']:.3f}" for h in c["history"])
+        rows.append(f"| {label.split()[-1]} | {vals} | {ces} | – |")
+    best = max(groups, key=lambda lab: _val(groups[lab])["mean"])
+    return "\n".join(rows) + f"\n\nChosen on validation: **{best}** (seed {r['seeds'][0]}; {len(groups)} starts tried)."
+
+
+def table_small_budget(r: dict) -> str:
+    groups = _by_variant(r)
+    ens = _ensemble_key(next(iter(groups.values())))
+    rows = [f"| training images (1 epoch) | seeds | paper's rule (stochastic) | no noise | {ens} | "
+            "head CE at the end | block 1 fed pure noise | head on z_T along the chain |",
+            "|---|---|---|---|---|---|---|---|"]
+    for label, cells in groups.items():
+        diag = [c.get("diagnostics") for c in cells]
+        b1 = seed_stats([[d["pure_noise"][0]] for d in diag]) if all(diag) else None
+        hz = seed_stats([[d["head_chain"][-1]] for d in diag]) if all(diag) else None
+        rows.append(f"| {label.split()[0]} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
+                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | {_pm(_hist(cells, 'ce'), 3)} | "
+                    f"{_pm(b1)} | {_pm(hz)} |")
+    return "\n".join(rows)
+
+
+def table_equal_budget(r: dict) -> str:
+    groups = _by_variant(r)
+    ens = _ensemble_key(next(iter(groups.values())))
+    rows = [f"| method | seeds | epochs in {r['common'].get('minutes')} min | test, paper's rule | test, no noise | "
+            f"test, {ens} | train acc (10,000 images) | final training CE |", "|---|---|---|---|---|---|---|---|"]
+    for label, cells in groups.items():
+        epochs = [c["history"][-1]["epoch"] for c in cells]
+        ep = f"{min(epochs):.1f}–{max(epochs):.1f}" if max(epochs) - min(epochs) > 0.05 else f"{epochs[0]:.1f}"
+        rows.append(f"| {label} | {len(cells)} | {ep} | {_pm(_rule(cells, 'stochastic'))} | "
+                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
+                    f"{_pm(_rule(cells, 'stochastic', 'train'))} | {_pm(_hist(cells, 'ce'), 3)} |")
+    return "\n".join(rows)
+
+
+def table_rules(r: dict) -> str:
+    """Which inference rule is best, by how much (seed means of the difference)."""
+    groups = _by_variant(r)
+    ens = _ensemble_key(next(iter(groups.values())))
+    rows = [f"| method | no noise − paper's rule | {ens} − paper's rule | best rule |", "|---|---|---|---|"]
+    def mean_of(c, rule):
+        runs = c["result"]["test"][rule]["runs"]
+        return sum(runs) / len(runs)
+
+    def diff(cells, rule):  # per seed: rule's mean minus the paper's rule's mean
+        return seed_stats([[mean_of(c, rule) - mean_of(c, "stochastic")] for c in cells])
+
+    for label, cells in groups.items():
+        dn, de = diff(cells, "no-noise"), diff(cells, ens)
+        best = max((("paper's rule", 0.0), ("no noise", dn["mean"]), (ens, de["mean"])), key=lambda t: t[1])[0]
+        rows.append(f"| {label} | {_pm(dn)} | {_pm(de)} | {best} |")
+    return "\n".join(rows)
+
+
+def table_val_test_gap(r: dict) -> str:
+    rows = ["| method | split seed | validation acc (final model, 1 run) | test acc (final model, paper's rule) | "
+            "test − validation |", "|---|---|---|---|---|"]
+    gaps = []
+    for label, cells in _by_variant(r).items():
+        if not label.startswith("NoProp-DT"):
+            continue
+        for c in cells:
+            val = c["history"][-1]["val_acc"]
+            test = c["result"]["test"]["stochastic"]["mean"]
+            gaps.append(test - val)
+            rows.append(f"| {label} | {c['seed']} | {val:.2f} | {test:.2f} | {test - val:+.2f} |")
+    s = seed_stats([[g] for g in gaps])
+    return "\n".join(rows) + f"\n\nMean test − validation over these {len(gaps)} runs: {_pm(s)} points."
+
+
+def table_time_curves(r: dict, points=(1, 2, 3, 4, 5, 6)) -> str:
+    """Validation accuracy against training minutes (the last epoch finished by each point)."""
+    rows = ["| method | " + " | ".join(f"{p} min" for p in points) + " |", "|---|" + "---|" * len(points)]
+    for label, cells in _by_variant(r).items():
+        cols = []
+        for p in points:
+            vals = []
+            for c in cells:
+                t, best = 0.0, None
+                for h in c["history"]:
+                    t += h["train_seconds"]
+                    if t <= 60 * p + 1e-9:
+                        best = h["val_acc"]
+                vals.append(best)
+            got = [[v] for v in vals if v is not None]
+            cols.append(_pm(seed_stats(got), 1) if len(got) == len(vals) else "–")
+        rows.append(f"| {label} | " + " | ".join(cols) + " |")
+    return "\n".join(rows)
+
+
+def table_recipe(r: dict) -> str:
+    groups = _by_variant(r)
+    ens = _ensemble_key(next(iter(groups.values())))
+    rows = [f"| recipe (20 epochs) | seeds | validation acc, final (selection on seed 0) | test, paper's rule | "
+            f"test, no noise | test, {ens} | train acc |", "|---|---|---|---|---|---|---|"]
+    for label, cells in groups.items():
+        rows.append(f"| {label} | {len(cells)} | {_pm(_val(cells))} | {_pm(_rule(cells, 'stochastic'))} | "
+                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
+                    f"{_pm(_rule(cells, 'stochastic', 'train'))} |")
+    return "\n".join(rows)
+
+
+def table_bench(r: dict) -> str:
+    from .bench import markdown
+    return markdown(r)
+
+
+TABLES = {  # marker name -> (result file, function)
+    "head-init": ("dt-head-init", table_head_init),
+    "logit-scale": ("backprop-logit-scale", table_logit_scale),
+    "small-budget": ("small-budget", table_small_budget),
+    "equal-budget": ("mnist-equal-budget", table_equal_budget),
+    "rules": ("mnist-equal-budget", table_rules),
+    "val-test-gap": ("mnist-equal-budget", table_val_test_gap),
+    "time-curves": ("mnist-equal-budget", table_time_curves),
+    "recipe": ("dt-recipe", table_recipe),
+}
+
+
+def render(name: str, results: dict[str, dict]) -> str | None:
+    """The generated text for a marker: a known table, or a bench file's tables ("bench:FILE")."""
+    if name.startswith("bench:"):
+        file = name.split(":", 1)[1]
+        if file not in results:
+            return None
+        return table_bench(results[file]) + "\n" + source_line(file, results[file])
+    if name not in TABLES or TABLES[name][0] not in results:
+        return None
+    file, fn = TABLES[name]
+    return fn(results[file]) + "\n\n" + source_line(file, results[file])
+
+
+MARKER = re.compile(r"(<!-- results:(?P<name>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def regenerate(text: str, results: dict[str, dict]) -> tuple[str, list[str]]:
+    """The text with every marked block regenerated; and the markers whose results are missing."""
+    missing = []
+
+    def sub(m):
+        body = render(m.group("name"), results)
+        if body is None:
+            missing.append(m.group("name"))
+            return m.group(0)
+        return m.group(1) + body.rstrip() + "\n" + m.group(4)
+    return MARKER.sub(sub, text), missing
+
+
+def run(root: Path, check: bool = False, files=("README.md", "docs/results.md", "docs/performance.md")) -> int:
+    results = load_results(root / "results")
+    stale, missing_all = [], []
+    for f in files:
+        path = root / f
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new, missing = regenerate(text, results)
+        missing_all += [f"{f}: {m}" for m in missing]
+        if new != text:
+            stale.append(f)
+            if not check:
+                atomic_write_text(path, new)
+    for m in missing_all:
+        print(f"no result file for {m}")
+    if check and stale:
+        print(f"out of date (run `noprop results`): {', '.join(stale)}")
+        return 1
+    if not check:
+        print(f"regenerated: {', '.join(stale) or 'nothing changed'}")
+    return 1 if missing_all and check else 0
