@@ -96,3 +96,32 @@ def test_time_net_cached_image_features_give_the_same_output():
     net = TimeNet((1, 28, 28), 10, 10).eval()
     z, x, t = torch.randn(4, 10), torch.randn(4, 1, 28, 28), torch.rand(4)
     assert torch.allclose(net(z, x, t), net(z, x, t, features=net.image_features(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_before_relu_is_the_papers_function_and_gradient(dtype):
+    """The conv path pools before its ReLU (faster); against the paper's order conv -> ReLU -> pool,
+    built from the same modules, outputs and every gradient agree (eval mode: no dropout; bf16
+    autocast as in training)."""
+    from noprop.nets import ConvPath
+    torch.manual_seed(0)
+    fast = ConvPath((1, 28, 28)).eval()
+    f = fast.features
+    assert [type(m).__name__ for m in f] == ["Conv2d", "MaxPool2d", "ReLU", "Dropout", "Conv2d", "ReLU", "Dropout",
+                                             "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Flatten"]
+    paper = torch.nn.Sequential(f[0], f[2], f[1], f[3], f[4], f[5], f[6], f[7], f[9], f[8], f[10], f[11])
+    x = torch.randn(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    outs, grads = [], []
+    for features in (f, paper):
+        fast.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = fast.out(fast.fc(features(x)))
+        (y.float() * torch.linspace(-1, 1, y.shape[1])).sum().backward()
+        outs.append(y.float())
+        grads.append({n: p.grad.clone() for n, p in fast.named_parameters()})
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], **tol, msg=n)
+    # the parameters keep the paper's module indices: features.0 / .4 / .7 are the convolutions
+    assert {n.split(".")[0] for n, _ in f.named_parameters()} == {"0", "4", "7"}
