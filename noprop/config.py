@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .embedding import KINDS as EMBEDDINGS
 
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -37,8 +37,9 @@ class Config:
                                     # fm: euler | heun; adjoint: euler)
     fm_sigma: float = 0.0           # sigma of the FM path: not given in the paper
     epochs: int = 100
-    optimizer: str | None = None    # adamw | adam; None: the method's default, Table 3's (AdamW for
-                                    # DT, backprop, adjoint; Adam for CT, FM)
+    optimizer: str | None = None    # adamw | adam | sgd (momentum 0.9; not in the paper); None: the
+                                    # method's default, Table 3's (AdamW for DT, backprop, adjoint;
+                                    # Adam for CT, FM)
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"   # constant (the paper) | cosine: lr * (1 + cos(pi * progress)) / 2,

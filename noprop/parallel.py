@@ -249,9 +249,12 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _unflat_into_grads(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
+    """Set each parameter's gradient from its slice of `flat` (in logical element order), in the
+    parameter's own memory layout: the fused optimizers walk parameter and gradient as flat memory,
+    so a contiguous gradient for a channels_last weight would pair the wrong elements."""
     offset = 0
     for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        p.grad = torch.empty_like(p).copy_(flat[offset:offset + p.numel()].view(p.shape))
         offset += p.numel()
 
 
@@ -260,16 +263,18 @@ class Collectives:
 
     def __init__(self, d: Dist, model, device: torch.device):
         self.d, self.model, self.device = d, model, device
-        # every rank creates every group's subgroup, in the same order (torch requires it)
-        self.shard_group = None
+        # every rank creates every group's subgroups, in the same order (torch requires it): one for
+        # the gradients (DDP's or ours) and one for BatchNorm's statistics, whose all-reduces run
+        # inside the backward pass; on one communicator the two could pair up out of order
+        self.shard_group = bn_group = None
         for g in range(d.groups):
             ranks = list(range(g * d.shards, (g + 1) * d.shards))
-            pg = dist.new_group(ranks, timeout=timeout()) if d.shards > 1 else None
+            pgs = [dist.new_group(ranks, timeout=timeout()) for _ in range(2)] if d.shards > 1 else [None, None]
             if g == d.group:
-                self.shard_group = pg
+                self.shard_group, bn_group = pgs
         self.shared = model.shared_parameters()
         if d.shards > 1:
-            SyncBatchNorm1d.convert(model, self.shard_group)
+            SyncBatchNorm1d.convert(model, bn_group)
 
     def wrap(self, model):
         """The module whose forward computes the loss: DDP over the shards for a one-network method."""

@@ -72,6 +72,15 @@ def test_learned_embedding_stays_in_sync_in_all_order(tmp_path):
     assert "test accuracy" in r.stdout
 
 
+@pytest.mark.parametrize("blocks,world,groups", [
+    (10, 1, 1), (10, 2, 2), (10, 4, 2), (10, 5, 5), (10, 3, 1), (10, 8, 2), (4, 4, 4), (1, 4, 1), (1, 2, 1)])
+def test_block_groups_chosen_for_balance_then_fewest_shards(blocks, world, groups):
+    """NoProp-DT's 10 blocks on 4 workers: 2 groups x 2 shards (4 groups would leave two of them
+    idle a third of the time); a one-network method (1 block): all data shards."""
+    from noprop.parallel import choose_groups
+    assert choose_groups(blocks, world) == groups
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--workers", "5"], "--batch-size: the global batch of 32 does not split into 5"),
     (["--workers", "4", "--block-groups", "3"], "--block-groups: 3 does not divide the 4 workers"),
@@ -121,3 +130,138 @@ def test_a_killed_worker_stops_the_others_and_the_run_resumes(tmp_path):
     r = noprop(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert checkpoint.load(out / "train_state.safetensors")["epoch"] == 3
+
+
+# --- data-parallel and blocks x data ---------------------------------------------------------------
+ONE_BATCH = ["--train-subset", "64", "--batch-size", "64", "--val-subset", "64", "--test-subset", "64",
+             "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic", "--precision", "fp32", "--steps", "4",
+             "--epochs", "1"]
+
+
+def initial_weights(method: str, **cfg) -> dict:
+    """The weights a run starts from (the trainer seeds, then builds the model)."""
+    from noprop import models
+    from noprop.config import Config
+    c = Config(method=method, precision="fp32", steps=4, **cfg).validate()
+    torch.manual_seed(c.seed)
+    return {k: v.clone() for k, v in models.build(c, (1, 28, 28), 10).state_dict().items()}
+
+
+def assert_same_updates(start: dict, a: dict, b: dict, rtol: float, keys=None) -> None:
+    """The update each run made to every floating-point tensor (weights and BatchNorm statistics)
+    agrees: ||(a - s) - (b - s)|| <= rtol ||a - s|| + 1e-7."""
+    checked = 0
+    for k in keys or a:
+        if not a[k].is_floating_point():
+            continue
+        da, db = (a[k] - start[k]).double(), (b[k] - start[k]).double()
+        assert (da - db).norm() <= rtol * da.norm() + 1e-7, (k, (da - db).norm().item(), da.norm().item())
+        checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize("method", ["fm", "ct", "adjoint", "backprop", "cnn", "dt"])
+def test_two_data_shards_make_the_update_of_one_process_with_the_global_batch(tmp_path, method):
+    """2 ranks with batch B each make the same update as 1 rank with batch 2B (B = 32): the data,
+    the noise (deterministic mode draws it for the global batch) and BatchNorm's statistics are
+    the global batch's, and the gradients are averaged. One step (DT: one step of each block, here
+    all in one group of 2 shards). SGD: its update is linear in the gradient, where Adam's first step
+    is the gradient's sign, which turns float rounding in gradients that are zero in exact
+    arithmetic (biases before a BatchNorm) into +-lr."""
+    extra = ["--optimizer", "sgd", "--lr", "0.05"] + (["-T", "3", "--block-groups", "1"] if method == "dt" else [])
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        r = noprop("train", "--method", method, *ONE_BATCH, *extra, "--workers", str(workers), "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        outs[workers] = checkpoint.load_weights(out / "last.safetensors")[0]
+    start = initial_weights(method, optimizer="sgd", lr=0.05, **({"T": 3} if method == "dt" else {}))
+    assert_same_updates(start, outs[1], outs[2], rtol=1e-2)
+    if method == "dt":
+        result = json.loads((tmp_path / "w2" / "result.json").read_text())
+        assert (result["workers"], result["block_groups"]) == (2, 1)
+
+
+@pytest.mark.parametrize("method", ["fm", "ct"])
+def test_data_parallel_adam_runs_stay_equal_for_several_steps(tmp_path, method):
+    """Without BatchNorm nothing in the forward pass depends on how the batch is split, so the
+    paper's optimizer (Adam) gives equal weights after 4 steps within float tolerance."""
+    args = [*ONE_BATCH, "--train-subset", "256"]
+    outs = []
+    for workers in (1, 2):
+        r = noprop("train", "--method", method, *args, "--workers", str(workers), "--out", str(tmp_path / str(workers)))
+        assert r.returncode == 0, r.stderr
+        outs.append(checkpoint.load_weights(tmp_path / str(workers) / "last.safetensors")[0])
+    for k in outs[0]:
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_blocks_by_data_2x2_make_the_update_of_block_parallel_2x1(tmp_path):
+    """NoProp-DT on 4 ranks = 2 block groups x 2 data shards against the block-parallel 2 x 1 (the
+    D = 1 case, itself tested against one process above): the same global batch, the same updates
+    of every block and of the shared head."""
+    extra = ["-T", "4", "--optimizer", "sgd", "--lr", "0.05", "--block-groups", "2"]
+    outs = {}
+    for workers in (2, 4):
+        out = tmp_path / f"w{workers}"
+        r = noprop("train", *ONE_BATCH, *extra, "--workers", str(workers), "--out", str(out), timeout=600)
+        assert r.returncode == 0, r.stderr
+        outs[workers] = checkpoint.load_weights(out / "last.safetensors")[0]
+        result = json.loads((out / "result.json").read_text())
+        assert (result["workers"], result["block_groups"]) == (workers, 2)
+    start = initial_weights("dt", T=4, optimizer="sgd", lr=0.05)
+    assert_same_updates(start, outs[2], outs[4], rtol=1e-2)
+
+
+# --- elastic restarts and two machines (rehearsed on one) -------------------------------------------
+RESTART = ["-T", "4", "--train-subset", "1024", "--val-subset", "64", "--test-subset", "100", "--batch-size", "32",
+           "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic", "--epochs", "3"]
+
+
+def test_a_killed_worker_is_restarted_and_the_job_ends_as_an_uninterrupted_one(tmp_path):
+    """--workers 2 --max-restarts 1: SIGKILL one worker after the first epoch's checkpoint; the
+    elastic agent restarts the group, which resumes from that checkpoint with no user action, and
+    (deterministic mode) ends with the weights of a run nobody killed."""
+    ref = noprop("train", *RESTART, "--workers", "2", "--out", str(tmp_path / "ref"), timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    p = subprocess.Popen([sys.executable, "-m", "noprop", "train", *RESTART, "--workers", "2", "--max-restarts", "1",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not (out / "train_state.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (out / "train_state.safetensors").exists()
+    kids = [c for c in children(p.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(kids) >= 2
+    os.kill(kids[-1], signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr
+    assert "restart 1 by the elastic agent: resuming" in stdout
+    a = checkpoint.load_weights(tmp_path / "ref" / "last.safetensors")[0]
+    b = checkpoint.load_weights(out / "last.safetensors")[0]
+    assert checkpoint.load(out / "train_state.safetensors")["epoch"] == 3
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_torchrun_agents_on_the_loopback_form_one_job(tmp_path):
+    """Two machines rehearsed on one: two torchrun agents (--nnodes 2, one process each) meet through
+    a c10d rendezvous on 127.0.0.1 and train one NoProp-DT run as 2 block groups."""
+    from noprop.parallel import free_port
+    port = free_port()
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback",
+           "-m", "noprop", "train", "-T", "4", "--train-subset", "256", "--val-subset", "64", "--test-subset", "100",
+           "--batch-size", "32", "--epochs", "1", "--eval-runs", "1", "--threads", "1", "--quiet", "--out", str(out)]
+    agents = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for _ in range(2)]
+    results = [a.communicate(timeout=600) for a in agents]
+    for a, (_, e) in zip(agents, results):
+        assert a.returncode == 0, e
+    printed = "".join(o for o, _ in results)
+    assert "2 workers (2 block group(s) x 1 data shard(s))" in printed and "test accuracy" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert (result["workers"], result["block_groups"]) == (2, 2)
