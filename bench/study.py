@@ -55,7 +55,7 @@ STUDIES: dict[str, dict] = {
     },
     "mnist-equal-budget": {
         "title": "Every method on MNIST with the same wall-clock training budget",
-        "common": dict(minutes=6.0, epochs=1000, steps=100, test_curve=False),
+        "common": dict(minutes=5.0, epochs=1000, steps=100, test_curve=False),
         "variants": {
             "NoProp-DT (one-hot)": dict(method="dt", embedding="one-hot"),
             "NoProp-DT (learned)": dict(method="dt", embedding="learned"),
@@ -126,11 +126,16 @@ def main() -> None:
     study = STUDIES[a.study]
     labels = a.only or list(study["variants"])
     seeds = a.seeds or study["seeds"]
-    cells = []
     for seed in seeds:  # seed-major: a study stopped early still has every variant for some seeds
         for label in labels:
-            cells.append(run_cell(study, label, seed, cell_dir(Path(a.runs_dir), a.study, label, seed),
-                                  log=lambda s: print(s, flush=True)))
+            run_cell(study, label, seed, cell_dir(Path(a.runs_dir), a.study, label, seed),
+                     log=lambda s: print(s, flush=True))
+    # Several processes may run a study's seeds side by side (one per core): each collects every
+    # seed whose cells are all finished, so the last to finish writes the whole study.
+    done = [s for s in study["seeds"] if all((cell_dir(Path(a.runs_dir), a.study, lab, s) / RESULT).exists()
+                                             for lab in labels)]
+    seeds = sorted(set(done) | set(seeds))
+    cells = [run_cell(study, lab, s, cell_dir(Path(a.runs_dir), a.study, lab, s)) for s in seeds for lab in labels]
     out = {"study": a.study, "title": study["title"],
            "command": "python " + " ".join(shlex.quote(x) for x in ["bench/study.py", *sys.argv[1:]]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(),
