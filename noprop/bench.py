@@ -95,7 +95,7 @@ def peak(precisions=("fp32", "bf16"), dev=None) -> dict:
 
 
 def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch: int, dev=None):
-    """One training step of `method` on a synthetic batch; returns (step, blocks per step)."""
+    """One training step of `method` on a synthetic batch; returns (step, blocks per step, model)."""
     dev = dev or torch.device("cpu")
     shape, m = SHAPES[dataset]
     cfg = Config(method=method, dataset="mnist", precision=precision, channels_last=channels_last,
@@ -123,13 +123,13 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
         for o in [opts[t]] + shared_opt:
             o.step()
     blocks_per_step = cfg.T if method == "backprop" else 1  # the baseline updates all T blocks a step
-    return step, blocks_per_step
+    return step, blocks_per_step, model
 
 
 def throughput(method: str, dataset: str = "mnist", precision: str = "fp32", channels_last: bool = True,
                batch: int = 128, min_run_time: float = 2.0, dev=None) -> dict:
     dev = dev or torch.device("cpu")
-    step, blocks_per_step = _setup(method, dataset, precision, channels_last, batch, dev)
+    step, blocks_per_step, _ = _setup(method, dataset, precision, channels_last, batch, dev)
     flops = count_flops(step) / (batch * blocks_per_step)  # per block-sample, forward + backward
     seconds = timed(step, min_run_time, dev=dev)
     bs = batch * blocks_per_step / seconds
@@ -149,7 +149,7 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
     """Runs inside a fresh process: peak RSS growth from training `steps` steps (on CUDA: peak
     allocated GPU memory above the same point)."""
     dev = device.resolve(device_name)
-    step, _ = _setup(method, dataset, precision, True, 128, dev)
+    step, _, _ = _setup(method, dataset, precision, True, 128, dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         before = torch.cuda.memory_allocated(dev) / 1024

@@ -205,6 +205,42 @@ def table_recipe(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _chain_means(cells: list[dict]) -> dict[str, list[float]]:
+    diags = [c["diagnostics"] for c in cells if c.get("diagnostics", {}).get("kind") == "dt"]
+    keys = ("q_sample", "chain", "chain_no_noise", "pure_noise", "zeros", "head_chain", "head_chain_no_noise")
+    return {k: [sum(d[k][t] for d in diags) / len(diags) for t in range(len(diags[0][k]))] for k in keys} | {
+        "shuffled": sum(d["shuffled"] for d in diags) / len(diags), "chance": diags[0]["chance"], "n": len(diags)}
+
+
+def table_chain(r: dict, label: str = "NoProp-DT (one-hot)") -> str:
+    """What the chain does, per block: the (a)-(d) feeds and the head along the chain (seed means)."""
+    m = _chain_means(_by_variant(r)[label])
+    rows = ["| block t | (a) fed q(z_(t-1)\\|y) | (b) along the chain | (b) chain, no noise | (c) fed N(0, I) | "
+            "(d) fed zeros | head on z_t, chain | head on z_t, no noise |", "|---|---|---|---|---|---|---|---|"]
+    for t in range(len(m["q_sample"])):
+        rows.append(f"| {t + 1} | " + " | ".join(f"{m[k][t]:.1f}" for k in (
+            "q_sample", "chain", "chain_no_noise", "pure_noise", "zeros", "head_chain", "head_chain_no_noise")) + " |")
+    return (f"{label}, validation accuracy (%) of each block's own logits, mean of {m['n']} seeds "
+            f"({r['common'].get('minutes')} minutes of training):\n\n" + "\n".join(rows) +
+            f"\n\nImages shuffled against labels: {m['shuffled']:.1f}% (chance {m['chance']:.1f}%).")
+
+
+def summary_chain(r: dict, label: str = "NoProp-DT (one-hot)") -> str:
+    """The chain in one paragraph, numbers from the seeds' means."""
+    m = _chain_means(_by_variant(r)[label])
+    T = len(m["q_sample"])
+    best_noise = max(range(T), key=lambda t: m["pure_noise"][t])
+    return (f"After {r['common'].get('minutes')} minutes of training ({label}, {m['n']} seeds), block 1 fed "
+            f"pure noise already classifies {m['pure_noise'][0]:.1f}% of the validation images, and block "
+            f"{best_noise + 1} {m['pure_noise'][best_noise]:.1f}%: early blocks act as image classifiers that "
+            f"hardly read z. Fed zeros, block {T} falls to {m['zeros'][-1]:.1f}% against {m['q_sample'][-1]:.1f}% "
+            f"on its training input: the last blocks trust z. Along the chain with the paper's noise the "
+            f"blocks' own accuracies run {m['chain'][0]:.1f} -> {m['chain'][-1]:.1f}% and the head on z_T gives "
+            f"{m['head_chain'][-1]:.1f}%; without the noise, {m['chain_no_noise'][-1]:.1f}% and "
+            f"{m['head_chain_no_noise'][-1]:.1f}%. With the images shuffled against the labels the chain "
+            f"scores {m['shuffled']:.1f}% (chance {m['chance']:.1f}%).")
+
+
 def table_bench(r: dict) -> str:
     from .bench import markdown
     return markdown(r)
@@ -219,11 +255,36 @@ TABLES = {  # marker name -> (result file, function)
     "val-test-gap": ("mnist-equal-budget", table_val_test_gap),
     "time-curves": ("mnist-equal-budget", table_time_curves),
     "recipe": ("dt-recipe", table_recipe),
+    "chain": ("mnist-equal-budget", table_chain),
+    "chain-summary": ("mnist-equal-budget", summary_chain),
+    "chain-small": ("small-budget", lambda r: table_chain(r, "3200 images").replace(
+        f"({r['common'].get('minutes')} minutes of training)", "(one epoch on 3,200 images)")),
 }
 
 
+def table_profile(r: dict) -> str:
+    """A block step's time by operator, before and after, per precision."""
+    out = []
+    for prec in dict.fromkeys(row["precision"] for row in r["rows"]):
+        before, after = (next(x for x in r["rows"] if x["precision"] == prec and x["variant"] == v)
+                         for v in ("before", "after"))
+        out += [f"**{prec}**: {before['ms_per_step']:.1f} ms per step before ({before['block_samples_per_s']:.0f} "
+                f"block-samples/s), {after['ms_per_step']:.1f} ms after ({after['block_samples_per_s']:.0f}).", "",
+                "| before: operator | ms per step | after: operator | ms per step |", "|---|---|---|---|"]
+        for (bn, bt), (an, at) in zip(before["top_ops_ms_per_step"], after["top_ops_ms_per_step"]):
+            out.append(f"| {bn} | {bt:.2f} | {an} | {at:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def render(name: str, results: dict[str, dict]) -> str | None:
-    """The generated text for a marker: a known table, or a bench file's tables ("bench:FILE")."""
+    """The generated text for a marker: a known table, a bench file's tables ("bench:FILE") or a
+    profile ("profile:FILE")."""
+    if name.startswith("profile:"):
+        file = name.split(":", 1)[1]
+        if file not in results:
+            return None
+        return table_profile(results[file]) + "\n" + source_line(file, results[file])
     if name.startswith("bench:"):
         file = name.split(":", 1)[1]
         if file not in results:
@@ -251,7 +312,8 @@ def regenerate(text: str, results: dict[str, dict]) -> tuple[str, list[str]]:
     return MARKER.sub(sub, text), missing
 
 
-def run(root: Path, check: bool = False, files=("README.md", "docs/results.md", "docs/performance.md")) -> int:
+def run(root: Path, check: bool = False,
+        files=("README.md", "docs/results.md", "docs/choices.md", "docs/performance.md", "bench/profile.md")) -> int:
     results = load_results(root / "results")
     stale, missing_all = [], []
     for f in files:
