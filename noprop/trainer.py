@@ -15,14 +15,12 @@ draws the same data order and noise as an uninterrupted one, and a block trains 
 whichever process owns it. Collectives (parallel runs) are parallel.py's; model building and
 checkpoint files are models.py's and checkpoint.py's.
 
-A run folder holds config.json, metrics.jsonl (one line per epoch), last.safetensors and
-best.safetensors (portable weights: the final and the best-validation model), train_state.safetensors
-(what a resume needs) and, once finished, result.json.
+The run folder (config, metrics, checkpoints, result) is runfolder.py's.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import sys
@@ -32,25 +30,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, device, models, noise
+from . import device, models, noise
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import Dataset, augment, batches, load_dataset, subset
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
+from .runfolder import BEST, CONFIG, LAST, METRICS, RESULT, STATE, RunDirError, RunFolder
 
 
 class DivergenceError(RuntimeError):
     """A loss became NaN or inf. The last good checkpoint is kept."""
-
-
-class RunDirError(RuntimeError):
-    """The output folder cannot be used as asked."""
-
-
-LAST, BEST, STATE, CONFIG, METRICS, RESULT = ("last.safetensors", "best.safetensors", "train_state.safetensors",
-                                              "config.json", "metrics.jsonl", "result.json")
 
 
 def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
@@ -101,6 +92,7 @@ class Trainer:
                  dist: Dist = SINGLE):
         self.cfg, self.data, self.dist = cfg.validate(), data, dist
         self.out = Path(out_dir) if out_dir is not None else None
+        self.folder = RunFolder(out_dir) if out_dir is not None else None
         self.quiet = quiet or not dist.main
         self.device = device.resolve(cfg.device)
         if self.device.type == "cuda":
@@ -134,7 +126,11 @@ class Trainer:
             return
         error = None
         try:
-            self._prepare_dir(resume)
+            state = self.folder.claim(resume, self.dist.main)
+            if state is not None:
+                self.load_state(state)
+            if self.dist.main:
+                self.folder.write_config(self.cfg)
         except (RunDirError, CheckpointError) as e:
             if not self.dist.active:
                 raise
@@ -144,34 +140,6 @@ class Trainer:
         if len(set(epochs)) > 1:
             raise DistributedError(f"the ranks resumed from different points {epochs}: every rank must "
                                    f"see the same {self.out / STATE} (a shared file system)")
-
-    def _prepare_dir(self, resume: bool) -> None:
-        if self.dist.main:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-                probe = self.out / f".write-test-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
-                for stale in self.out.glob(".*.tmp"):  # a write cut short by a crash
-                    stale.unlink()
-            except OSError as e:
-                raise RunDirError(f"--out {self.out}: cannot write there ({e.strerror}); choose a "
-                                  "writable folder") from e
-        state_file = self.out / STATE
-        legacy = self.out / LAST  # before version 0.2 the full state was in last.safetensors
-        if resume:
-            if state_file.exists():
-                self.load_state(checkpoint.load(state_file))
-            elif legacy.exists() and checkpoint.read_metadata(legacy).get("format") == checkpoint.FORMAT:
-                self.load_state(checkpoint.load(legacy))
-            else:
-                raise RunDirError(f"--resume: {self.out} holds no run to continue (no {STATE}); leave out "
-                                  "--resume to start a new run there")
-        elif self.dist.main and (state_file.exists() or legacy.exists() or (self.out / RESULT).exists()):
-            raise RunDirError(f"--out {self.out} already holds a run; pass --resume to continue it or "
-                              "choose another folder (nothing was overwritten)")
-        if self.dist.main:
-            checkpoint.atomic_write_text(self.out / CONFIG, self.cfg.to_json())
 
     def state(self) -> dict:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "passes_done": self.passes_done,
@@ -202,18 +170,8 @@ class Trainer:
         return list(self.block_opts.values()) + ([self.shared_opt] if self.shared_opt else [])
 
     def save(self, best: bool) -> None:
-        if self.out is None:
-            return
-        try:
-            checkpoint.save(self.out / STATE, self.state())
-            models.save(self.out / LAST, self.model, self.epoch)
-            if best:
-                models.save(self.out / BEST, self.model, self.epoch)
-            checkpoint.atomic_write_text(self.out / METRICS, "".join(json.dumps(h) + "\n" for h in self.history))
-        except OSError as e:  # a full disk, a quota, a vanished folder: the old files are intact
-            raise RunDirError(f"--out {self.out}: writing the epoch {self.epoch} checkpoint failed "
-                              f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
-                              "rerun with --resume") from e
+        if self.folder is not None:
+            self.folder.save(self.state(), self.model, self.epoch, best, self.history)
 
     # --- one optimisation step ----------------------------------------------------------------
     def lr_at(self, progress: float) -> float:
@@ -309,7 +267,7 @@ class Trainer:
         n_batches = len(self.data.train) // cfg.batch_size
         sums: dict = {}
         passes = self.passes()
-        sharded = noise.sharded(self.dist.shard, self.dist.shards) if cfg.deterministic else _nothing()
+        sharded = noise.sharded(self.dist.shard, self.dist.shards) if cfg.deterministic else contextlib.nullcontext()
         with sharded:
             for i in range(self.passes_done, len(passes)):
                 blocks = passes[i]
@@ -425,14 +383,6 @@ class Trainer:
         return f"blocks {self.blocks[0]}-{self.blocks[-1]}" if len(self.blocks) > 1 else f"block {self.blocks[0]}"
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, train_images: int = 0,
                      seed: int = 0, ensemble_runs: int = 1) -> dict:
     """Test accuracy of a trained model under every inference rule: the paper's stochastic rule and
@@ -469,8 +419,8 @@ def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool =
               "model": "final epoch", "precision": trainer.precision, "device": str(trainer.device),
               "workers": dist.world, "block_groups": dist.groups, "machine": describe(trainer.device),
               **provenance()}
-    if out is not None:
-        checkpoint.atomic_write_text(Path(out) / RESULT, json.dumps(result, indent=2))
+    if trainer.folder is not None:
+        trainer.folder.write_result(result)
     return trainer, result
 
 
@@ -518,4 +468,5 @@ def describe_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Trainer", "run", "final_evaluation", "load_data", "DivergenceError", "RunDirError", "mean_se"]
+__all__ = ["Trainer", "run", "final_evaluation", "load_data", "DivergenceError", "RunDirError", "mean_se",
+           "LAST", "BEST", "STATE", "CONFIG", "METRICS", "RESULT"]
