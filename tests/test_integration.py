@@ -123,11 +123,14 @@ def test_cli_corrupt_data_is_named(tmp_path, mnist_copy):
     assert not (tmp_path / "o").exists()
 
 
+# Floors a few points under what each run measured in fp32 (CT's short run is the least stable: 68.3
+# with torch held to AVX2 code, 81.6 on AVX-512; adjoint 54.1 / 54.3; FM 96.5; backprop 95.2, and 44-56
+# with a random head init). Chance is 10%.
 @pytest.mark.parametrize("method,n,batch,epochs,steps,floor", [
-    ("ct", 4000, 32, 6, 20, 45.0),
-    ("fm", 4000, 32, 4, 20, 70.0),
-    ("backprop", 2000, 32, 3, 10, 85.0),  # 95.3 in calibration; 44-56 with a random head init
-    ("adjoint", 1000, 32, 2, 10, 40.0),
+    ("ct", 4000, 32, 6, 20, 64.0),
+    ("fm", 4000, 32, 4, 20, 92.0),
+    ("backprop", 2000, 32, 3, 10, 90.0),
+    ("adjoint", 1000, 32, 2, 10, 50.0),
 ])
 def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, steps, floor):
     """A short real training per method (chance is 10%); fewer inference steps than the paper's
@@ -135,7 +138,9 @@ def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, st
     full = load_mnist(val_size=5000, split_seed=0)
     data = copy.copy(full)
     data.train, data.val, data.test = subset(full.train, n), subset(full.val, 300), subset(full.test, 1000)
-    cfg = Config(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n, val_subset=300)
+    # fp32 on every CPU class, so the floors mean the same everywhere (auto would take bf16 where native)
+    cfg = Config(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n, val_subset=300,
+                 precision="fp32")
     tr = Trainer(cfg, data, tmp_path / "r", quiet=True)
     tr.fit(log=None)
     acc = accuracy_runs(tr.model, data.test, runs=1)[0]
