@@ -2,8 +2,8 @@
 conv path's reordering (max-pool before ReLU) and the one-multiply dropout, on this machine's CPU
 class. Writes results/profile-<cpu class>.json; `noprop results` renders bench/profile.md from it.
 
-    python bench/profile.py [--threads 1] [--steps 20]
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/profile.py
+    python bench/block_profile.py [--threads 1] [--steps 20]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/block_profile.py
                             (an AVX2 machine mimicked on a newer CPU: the class is then reported as avx2)
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     precisions = a.precision or bench.default_precisions()[0]
     rows = [measure(v, p, a.steps) for p in precisions for v in ("before", "after")]
-    command = "python " + " ".join(shlex.quote(x) for x in ["bench/profile.py", *sys.argv[1:]])
+    command = "python " + " ".join(shlex.quote(x) for x in ["bench/block_profile.py", *sys.argv[1:]])
     out = {"study": "profile", "command": command,
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
            "threads": a.threads, "rows": rows}
