@@ -21,7 +21,7 @@ $(BIN)/noprop: pyproject.toml
 install: $(BIN)/noprop
 
 run: $(BIN)/noprop
-	$(BIN)/noprop train --epochs 1 --train-subset 12800 --minutes 2
+	$(BIN)/noprop train --epochs 1 --train-subset 12800 --minutes 2 --eval-runs 2
 
 test: $(BIN)/noprop lint
 	$(BIN)/python -m pytest -q

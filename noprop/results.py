@@ -246,6 +246,23 @@ def table_bench(r: dict) -> str:
     return markdown(r)
 
 
+def table_timing(results: dict[str, dict]) -> str | None:
+    """make run and the test suite's wall time, per CPU class (every timing-*.json)."""
+    files = {k: v for k, v in results.items() if k.startswith("timing-")}
+    if not files:
+        return None
+    rows = ["| CPU class | what | command | wall time | printed |", "|---|---|---|---|---|"]
+    for _, r in sorted(files.items()):
+        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
+        for row in r["rows"]:
+            m, s = divmod(round(row["seconds"]), 60)
+            rows.append(f"| {cls}{caps} | {row['what']} | `{row['command']}` | {m} min {s:02d} s | "
+                        f"{row['printed'].strip()} |")
+    sources = "; ".join(f"`results/{n}.json` ({machine_line(r)})" for n, r in sorted(files.items()))
+    return "\n".join(rows) + f"\n\nSources: {sources}."
+
+
 TABLES = {  # marker name -> (result file, function)
     "head-init": ("dt-head-init", table_head_init),
     "logit-scale": ("backprop-logit-scale", table_logit_scale),
@@ -280,6 +297,8 @@ def table_profile(r: dict) -> str:
 def render(name: str, results: dict[str, dict]) -> str | None:
     """The generated text for a marker: a known table, a bench file's tables ("bench:FILE") or a
     profile ("profile:FILE")."""
+    if name == "timing":
+        return table_timing(results)
     if name.startswith("profile:"):
         file = name.split(":", 1)[1]
         if file not in results:

@@ -272,6 +272,8 @@ class Trainer:
             for i in range(self.passes_done, len(passes)):
                 blocks = passes[i]
                 gen = self._seed_pass(e, blocks)
+                if bar is not None and blocks and self.model.num_blocks > 1 and cfg.order == "paper":
+                    bar.set_postfix_str(f"block {blocks[0]}/{self.model.num_blocks}")
                 data = batches(self.data.train, cfg.batch_size, gen, drop_last=True)
                 for step in range(n_batches):
                     x, y = next(data)
@@ -341,8 +343,9 @@ class Trainer:
         n_batches = len(self.data.train) // self.cfg.batch_size
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
-            with tqdm(total=(passes_per_epoch - self.passes_done) * n_batches, leave=False,
-                      desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", disable=self.quiet or None,
+            budget = f", budget {self.cfg.minutes:g} min" if self.cfg.minutes else ""
+            with tqdm(total=(passes_per_epoch - self.passes_done) * n_batches, leave=False, unit="step",
+                      desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}{budget}", disable=self.quiet or None,
                       postfix=self._bar_postfix()) as bar:
                 stats, finished = self.train_epoch(bar)
             stats["peak_memory_mb"] = gather(self.dist, device.peak_memory_mb(self.device))

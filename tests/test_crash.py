@@ -15,7 +15,8 @@ from noprop import checkpoint
 
 pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
 
-ARGS = ["train", "-T", "2", "--train-subset", "1024", "--val-subset", "64", "--batch-size", "32",
+ARGS = ["train", "-T", "2", "--train-subset", "1024", "--val-subset", "64", "--test-subset", "100",
+        "--batch-size", "32",
         "--epochs", "4", "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic"]
 
 

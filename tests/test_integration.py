@@ -85,7 +85,7 @@ def test_cli_evaluate_and_diagnose(trained):
 
 
 def test_cli_train_resume_and_result(tmp_path):
-    args = ["train", "--epochs", "1", "-T", "2", "--train-subset", "256", "--val-subset", "64",
+    args = ["train", "--epochs", "1", "-T", "2", "--train-subset", "256", "--val-subset", "64", "--test-subset", "100",
             "--batch-size", "32", "--eval-runs", "1", "--out", str(tmp_path / "r"), "--quiet"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
@@ -152,6 +152,7 @@ def test_cli_presets_override_and_table(tmp_path):
     assert r.returncode == 0 and "mnist-dt" in r.stdout and "cifar100-fm" in r.stdout
     out = tmp_path / "fm"
     r = run_cli("train", "--preset", "mnist-fm", "--epochs", "1", "--train-subset", "256", "--val-subset", "64",
+                "--test-subset", "200",
                 "--steps", "5", "--batch-size", "32", "--eval-runs", "2", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())

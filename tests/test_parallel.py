@@ -16,7 +16,8 @@ from noprop.parallel import owned_blocks
 
 pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
 
-TINY = ["-T", "4", "--train-subset", "512", "--val-subset", "64", "--batch-size", "32", "--eval-runs", "1",
+TINY = ["-T", "4", "--train-subset", "512", "--val-subset", "64", "--test-subset", "100", "--batch-size", "32",
+        "--eval-runs", "1",
         "--threads", "1", "--quiet"]
 
 
@@ -108,14 +109,15 @@ def children(pid: int) -> list[int]:
 
 def test_a_killed_worker_stops_the_others_and_the_run_resumes(tmp_path):
     out = tmp_path / "r"
-    args = ["train", "-T", "4", "--train-subset", "2048", "--val-subset", "64", "--batch-size", "32",
+    args = ["train", "-T", "4", "--train-subset", "1024", "--val-subset", "64", "--test-subset", "100",
+            "--batch-size", "32",
             "--eval-runs", "1", "--threads", "1", "--quiet", "--epochs", "3", "--workers", "2", "--out", str(out)]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     p = subprocess.Popen([sys.executable, "-m", "noprop", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 240
     while not (out / "last.safetensors").exists() and time.time() < deadline:  # epoch 1 done
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert (out / "last.safetensors").exists()
     kids = [c for c in children(p.pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
     assert len(kids) >= 2
