@@ -96,14 +96,14 @@ def _choice(groups: dict[str, list[dict]], budget_of, what: str) -> str:
 
 
 def table_logit_scale(r: dict) -> str:
-    rows = ["| start of the logit scale | validation acc after each epoch (selection) | training CE per epoch | "
-            "scale at the end |", "|---|---|---|---|"]
+    rows = ["| start of the logit scale | validation acc after each epoch (selection) | training CE per epoch |",
+            "|---|---|---|"]
     groups = _by_variant(r)
     for label, cells in groups.items():
         c = cells[0]
         vals = ", ".join(f"{h['val_acc']:.2f}" for h in c["history"])
         ces = ", ".join(f"{h['ce']:.3f}" for h in c["history"])
-        rows.append(f"| {label.split()[-1]} | {vals} | {ces} | – |")
+        rows.append(f"| {label.split()[-1]} | {vals} | {ces} |")
     best = max(groups, key=lambda lab: _val(groups[lab])["mean"])
     return "\n".join(rows) + f"\n\nChosen on validation: **{best}** (seed {r['seeds'][0]}; {len(groups)} starts tried)."
 
