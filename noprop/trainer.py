@@ -412,12 +412,14 @@ def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool =
     summary = trainer.fit(resume=resume, log=log if dist.main else None, stop=stop)
     if not dist.main:
         return trainer, None
+    t_eval = time.perf_counter()
     ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs)
     stochastic = ev["test"]["stochastic"]
     result = {"test_acc_mean": stochastic["mean"], "test_acc_se": stochastic["se"],
               "test_acc_runs": stochastic["runs"], **ev, "epochs": summary["epochs"],
               "epochs_fraction": trainer.history[-1]["epoch"] if trainer.history else 0,
               "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
+              "evaluation_seconds": time.perf_counter() - t_eval,
               "train_seconds": sum(h["train_seconds"] for h in trainer.history),
               "model": "final epoch", "precision": trainer.precision, "device": str(trainer.device),
               "workers": dist.world, "block_groups": dist.groups, "machine": describe(trainer.device),
