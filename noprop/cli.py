@@ -357,9 +357,10 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(diag))
         return 0
-    print(f"{a.split} accuracy (%) per step t of the inference chain ({len(split)} images). (a)-(d): block t's "
-          "own logits fed (a) z ~ q(z_(t-1)|y) [built from the label: a diagnostic], (b) the chain's "
-          "z_(t-1), (c) pure noise, (d) zeros; 'head': the output head on z_t along the chain")
+    what = ("(a)-(d): block t's own logits fed (a) z ~ q(z_(t-1)|y) [built from the label: a diagnostic], (b) "
+            "the chain's z_(t-1), (c) pure noise, (d) zeros; " if diag["kind"] == "dt" else "")
+    print(f"{a.split} accuracy (%) per step t of the inference chain ({len(split)} images). {what}'head': the "
+          "output head (the method's classifier) on z_t along the chain, with and without the noise")
     print(table(diag))
     return 0
 

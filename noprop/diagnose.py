@@ -52,7 +52,9 @@ def chain_analysis(model: Method, split: Split, seed: int = 0, batch_size: int =
         y = split.y[i * batch_size:(i + 1) * batch_size].to(dev)
         with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             for noise_on, suffix in ((True, ""), (False, "_no_noise")):
-                steps = list(model.chain(x, noise=noise_on, generator=gen))
+                # the same z_0 for both rules: they differ only in the eps terms
+                chain_gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+                steps = list(model.chain(x, noise=noise_on, generator=chain_gen))
                 for s in steps:
                     add("head_chain" + suffix, s.t, model.classify(s.z), y, len(steps))
                     if is_dt:

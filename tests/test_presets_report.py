@@ -190,3 +190,32 @@ def test_load_results_reads_folders_and_reports_skipped(tmp_path):
     assert (e["n_seeds"], e["n_runs"], e["epochs"]) == (2, 3, [100, 100])
     assert e["test"]["mean"] == pytest.approx((99.55 + 99.4) / 2)
     assert "99.54 ± 0.04" in table1_markdown(c)
+
+
+def test_every_table_of_the_readme_and_docs_is_generated_from_committed_results():
+    """`noprop results --check`: every marked table in README.md, docs/ and bench/profile.md has its
+    result file under results/ and equals what the file gives (no typed or stale number survives)."""
+    from pathlib import Path
+
+    from noprop.results import run
+    assert run(Path(__file__).resolve().parent.parent, check=True) == 0
+
+
+def test_results_tables_from_a_small_study(tmp_path):
+    """The generator on a study of two variants x two seeds: seed-level mean ± s.e., the rule
+    differences per seed, and a marker regenerated in place."""
+    from noprop.results import regenerate
+    runs = lambda base: {"stochastic": {"runs": [base, base + 2]}, "no-noise": {"runs": [base + 3, base + 3]},  # noqa: E731
+                         "ensemble-10": {"runs": [base + 1]}}
+    cells = [{"label": lab, "seed": s, "result": {"test": runs(90.0 + s + off), "best_val_acc": 80.0},
+              "history": [{"epoch": 1, "val_acc": 85.0 + s, "train_seconds": 30.0, "ce": 0.5}]}
+             for lab, off in (("A", 0.0), ("B", 4.0)) for s in (0, 1)]
+    study = {"command": "python bench/study.py x", "git_commit": "abc", "noprop_version": "0.2.0", "torch": "2",
+             "threads": 1, "common": {"minutes": 1.0}, "cells": cells,
+             "machine": {"cpu": "cpu", "cpu_class": "avx2", "threads": 1, "torch": "2"}}
+    text = "before\n<!-- results:rules -->\nold\n<!-- /results:rules -->\nafter\n"
+    new, missing = regenerate(text, {"mnist-equal-budget": study})
+    assert missing == [] and new.startswith("before\n") and new.endswith("after\n") and "old" not in new
+    # A: seed means 91 (s0) and 92 (s1); no-noise 93, 94: +2.00 ± 0.00 over the paper's rule; ensemble +0
+    assert "| A | 2.00 ± 0.00 | 0.00 ± 0.00 | no noise |" in new
+    assert "`results/mnist-equal-budget.json`" in new and "CPU class **AVX2/FMA**" in new
