@@ -194,11 +194,13 @@ class Trainer:
             with torch.autocast(**self.autocast):
                 parts = self.forward(x, y, blocks if self.model.num_blocks > 1 else None)
             bad = not bool(torch.isfinite(parts["loss"]))
-        message = (f"non-finite loss ({parts['loss'].item() if parts else ''}) at {where}; the last good "
-                   f"checkpoint{' in ' + str(self.out) if self.out else ''} is kept. Try a lower --lr.")
+
+        def message() -> str:
+            return (f"non-finite loss ({parts['loss'].item() if parts else ''}) at {where}; the last good "
+                    f"checkpoint{' in ' + str(self.out) if self.out else ''} is kept. Try a lower --lr.")
         if self.sync is None:
             if bad:
-                raise DivergenceError(message)
+                raise DivergenceError(message())
             parts["loss"].backward()
         else:
             # Averaging the shared gradients (and the status word) overlaps the rest of the backward
@@ -215,7 +217,7 @@ class Trainer:
             for h in pending:
                 self.sync.finish_block(h)
             if self.sync.finish_shared(shared):
-                raise DivergenceError(message if bad else "another worker's loss became non-finite (its message "
+                raise DivergenceError(message() if bad else "another worker's loss became non-finite (its message "
                                       "names the block and step); the last good checkpoint is kept")
         for o in opts:
             o.step()
@@ -223,12 +225,13 @@ class Trainer:
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of a global training batch as the network takes it: augmented if asked
-        (on the CPU, from the seeded generator), on the run's device, in the chosen layout."""
+        (the whole global batch, so a data shard's images get the crops one process would give them),
+        on the run's device, in the chosen layout."""
+        if self.cfg.augment:
+            x = augment(x)
         if self.dist.shards > 1:
             b = len(y) // self.dist.shards
             x, y = x[self.dist.shard * b:(self.dist.shard + 1) * b], y[self.dist.shard * b:(self.dist.shard + 1) * b]
-        if self.cfg.augment:
-            x = augment(x)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         return (x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x), y
 
