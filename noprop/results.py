@@ -196,13 +196,19 @@ def table_time_curves(r: dict, points=(1, 2, 3, 4, 5, 6)) -> str:
 def table_recipe(r: dict) -> str:
     groups = _by_variant(r)
     ens = _ensemble_key(next(iter(groups.values())))
-    rows = [f"| recipe (20 epochs) | seeds | validation acc, final (selection on seed 0) | test, paper's rule | "
-            f"test, no noise | test, {ens} | train acc |", "|---|---|---|---|---|---|---|"]
+    epochs = r["common"].get("epochs")
+    rows = [f"| recipe ({epochs} epochs) | seed 0: final validation acc (selection) | seeds | test, paper's rule | "
+            f"test, no noise | test, {ens} | train acc (10,000 images) |", "|---|---|---|---|---|---|---|"]
     for label, cells in groups.items():
-        rows.append(f"| {label} | {len(cells)} | {_pm(_val(cells))} | {_pm(_rule(cells, 'stochastic'))} | "
+        seed0 = next((c for c in cells if c["seed"] == 0), None)
+        val0 = f"{seed0['history'][-1]['val_acc']:.2f}" if seed0 else "–"
+        rows.append(f"| {label} | {val0} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
                     f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
                     f"{_pm(_rule(cells, 'stochastic', 'train'))} |")
-    return "\n".join(rows)
+    chosen = max((lab for lab, cells in groups.items() if any(c["seed"] == 0 for c in cells)),
+                 key=lambda lab: next(c for c in groups[lab] if c["seed"] == 0)["history"][-1]["val_acc"])
+    return "\n".join(rows) + (f"\n\nChosen on seed 0's validation accuracy: **{chosen}**; the paper reports "
+                              "99.47 ± 0.05 after 100 epochs.")
 
 
 def _chain_means(cells: list[dict]) -> dict[str, list[float]]:
