@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .report import seed_stats
+from .report import PAPER_TABLE1, seed_stats
 
 CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
                "avx2": "AVX2/FMA", "other": "other"}
@@ -207,8 +207,9 @@ def table_recipe(r: dict) -> str:
                     f"{_pm(_rule(cells, 'stochastic', 'train'))} |")
     chosen = max((lab for lab, cells in groups.items() if any(c["seed"] == 0 for c in cells)),
                  key=lambda lab: next(c for c in groups[lab] if c["seed"] == 0)["history"][-1]["val_acc"])
+    paper = PAPER_TABLE1[("dt", "one-hot", "mnist")]["test"]
     return "\n".join(rows) + (f"\n\nChosen on seed 0's validation accuracy: **{chosen}**; the paper reports "
-                              "99.47 ± 0.05 after 100 epochs.")
+                              f"{paper[0]:.2f} ± {paper[1]:.2f} after 100 epochs.")
 
 
 def _chain_means(cells: list[dict]) -> dict[str, list[float]]:
