@@ -23,11 +23,12 @@ install: $(BIN)/noprop
 run: $(BIN)/noprop
 	$(BIN)/noprop train --epochs 1 --train-subset 12800 --minutes 2 --eval-runs 2
 
+# the tests run on up to 4 processes (pytest-xdist): many of them wait on processes they start
 test: $(BIN)/noprop lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 test-fast: $(BIN)/noprop
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses 4
 
 lint: $(BIN)/noprop
 	$(BIN)/ruff check .
