@@ -368,7 +368,10 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
                           for p in precisions]
     md = markdown(results)
     print(md)
-    if out:
+    if out and str(out).endswith(".json"):  # a result file (e.g. results/bench-amx.json)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out), json.dumps(results, indent=1))
+    elif out:
         Path(out).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(out) / "bench.json", json.dumps(results, indent=2))
         atomic_write_text(Path(out) / "bench.md", f"command: `{results['command']}`\n\n" + md + "\n")

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "epochs through noprop train --workers N --threads 1)")
     bn.add_argument("--tta-lr", type=float, default=1e-3, help="tta: learning rate")
     bn.add_argument("--seconds", type=float, default=2.0, help="timed seconds per throughput row (after warm-up)")
-    bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md")
+    bn.add_argument("--out", default="bench/results/bench", help="folder for bench.json and bench.md, or a .json "
+                    "file (a result file for results/)")
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
