@@ -187,3 +187,22 @@ def test_fit_stops_when_told_with_the_whole_history(tmp_path, mnist):
     seen = []
     tr.fit(log=None, stop=lambda h: seen.append(len(h)) or len(h) >= 2)
     assert tr.epoch == 2 and seen == [1, 2]
+
+
+def test_a_time_budget_stops_after_a_block_pass_and_resume_finishes_the_epoch_exactly(tmp_path, mnist):
+    """--minutes: the run stops after the block pass that crosses the budget, saves, and a resume
+    continues with the next block pass of the same epoch: the weights then equal an uninterrupted
+    run's (each pass draws its data order and noise from (seed, epoch, block) alone)."""
+    data = tiny(mnist)
+    straight = Trainer(tiny_cfg(order="paper", T=3), data, tmp_path / "a", quiet=True)
+    straight.fit(log=None)
+    cut = Trainer(tiny_cfg(order="paper", T=3, minutes=1e-9), data, tmp_path / "b", quiet=True)
+    cut.fit(log=None)
+    assert cut.epoch == 0 and cut.passes_done == 1
+    assert cut.history[-1]["blocks_trained"] == 1 and 0 < cut.history[-1]["epoch"] < 1
+    assert (tmp_path / "b" / LAST).exists()  # saved, evaluable
+    resumed = Trainer(tiny_cfg(order="paper", T=3), data, tmp_path / "b", quiet=True)
+    resumed.fit(resume=True, log=None)
+    assert resumed.epoch == 1 and resumed.passes_done == 0
+    for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), n
