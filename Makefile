@@ -34,7 +34,7 @@ lint: $(BIN)/noprop
 	$(BIN)/ruff check .
 
 bench: $(BIN)/noprop
-	$(BIN)/python bench/mnist_dt.py --epochs 14 --out bench/results/mnist_dt
+	$(BIN)/noprop bench --what peak throughput memory --out bench/results/bench
 
 clean:
 	rm -rf $(VENV) runs bench/results *.egg-info

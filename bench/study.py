@@ -24,10 +24,11 @@ import torch
 
 from noprop.checkpoint import atomic_write_text
 from noprop.config import Config
+from noprop.data import load_data
 from noprop.diagnose import chain_analysis
 from noprop.machine import describe, provenance
 from noprop.models import load
-from noprop.trainer import LAST, RESULT, STATE, load_data, run
+from noprop.trainer import LAST, RESULT, STATE, run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,10 +18,10 @@ import torch
 
 from . import models
 from .config import Config
-from .data import Dataset, Split
+from .data import Dataset, Split, load_data
 from .evaluation import mean_se, predict_proba, rules_accuracy
 from .method import Method
-from .trainer import load_data, run
+from .trainer import run
 
 
 @dataclass

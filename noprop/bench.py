@@ -216,8 +216,9 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     t0 = time.perf_counter() if t0 is None else t0
     if workers > 1:
         return _tta_workers(target, precision, order, eval_runs, epochs, lr_schedule, workers, lr, t0)
+    from .data import load_data
     from .evaluation import rules_accuracy
-    from .trainer import Trainer, load_data
+    from .trainer import Trainer
     cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
                  device=device_name, lr=lr).validate()
     data = load_data(cfg)

@@ -245,8 +245,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _load_for_eval(a: argparse.Namespace):
+    from .data import load_data
     from .models import load
-    from .trainer import load_data
     model = load(a.checkpoint, a.device)
     data = load_data(model.config, a.data_dir, a.download)
     return model, model.config, getattr(data, a.split)

@@ -405,3 +405,17 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
         yield split.x[idx], split.y[idx]
+
+
+def load_data(cfg, data_dir=None, allow_download=False) -> Dataset:
+    """The dataset a Config trains on: its validation split (seeded by cfg.seed) and subsets."""
+    from .config import ConfigError
+    data = load_dataset(cfg.dataset, data_dir=data_dir, allow_download=allow_download,
+                        val_size=cfg.val_size, split_seed=cfg.seed)
+    data.train = subset(data.train, cfg.train_subset, cfg.seed)
+    data.val = subset(data.val, cfg.val_subset, cfg.seed)
+    data.test = subset(data.test, cfg.test_subset, 0)  # the same images whatever the seed
+    if cfg.batch_size > len(data.train):
+        raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(data.train)} "
+                          "training images; lower it or use more data")
+    return data

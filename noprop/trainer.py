@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from . import device, models, noise
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError
-from .data import Dataset, augment, batches, load_dataset, subset
+from .config import Config
+from .data import Dataset, augment, batches, load_data, subset  # noqa: F401 (load_data: re-exported)
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
@@ -42,18 +42,6 @@ from .runfolder import BEST, CONFIG, LAST, METRICS, RESULT, STATE, RunDirError, 
 
 class DivergenceError(RuntimeError):
     """A loss became NaN or inf. The last good checkpoint is kept."""
-
-
-def load_data(cfg: Config, data_dir=None, allow_download=False) -> Dataset:
-    data = load_dataset(cfg.dataset, data_dir=data_dir, allow_download=allow_download,
-                        val_size=cfg.val_size, split_seed=cfg.seed)
-    data.train = subset(data.train, cfg.train_subset, cfg.seed)
-    data.val = subset(data.val, cfg.val_subset, cfg.seed)
-    data.test = subset(data.test, cfg.test_subset, 0)  # the same images whatever the seed
-    if cfg.batch_size > len(data.train):
-        raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(data.train)} "
-                          "training images; lower it or use more data")
-    return data
 
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
