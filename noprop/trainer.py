@@ -101,6 +101,8 @@ class Trainer:
         self.forward = self.sync.wrap(self.model) if self.sync else self.model
         self.epoch = 0          # epochs completed
         self.passes_done = 0    # block passes of the current epoch completed (a time budget may stop mid-epoch)
+        self.steps_done = 0     # steps of the next pass done (a one-network method's budget stops mid-pass)
+        self.rng_state = None   # the RNG state at such a stop, so that the resume continues exactly
         self.best_val = -1.0
         self.history: list[dict] = []
         self.started = time.perf_counter()
@@ -131,6 +133,7 @@ class Trainer:
 
     def state(self) -> dict:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "passes_done": self.passes_done,
+                "steps_done": self.steps_done, "rng_state": self.rng_state,
                 "best_val": self.best_val, "history": self.history, "model": self.model.state_dict(),
                 "block_opts": [self.block_opts[t].state_dict() for t in sorted(self.block_opts)],
                 "shared_opt": self.shared_opt.state_dict() if self.shared_opt else None}
@@ -153,6 +156,7 @@ class Trainer:
             match_layout(o)
         self.epoch, self.best_val, self.history = state["epoch"], state["best_val"], state["history"]
         self.passes_done = state.get("passes_done", 0)
+        self.steps_done, self.rng_state = state.get("steps_done", 0), state.get("rng_state")
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.block_opts.values()) + ([self.shared_opt] if self.shared_opt else [])
@@ -252,12 +256,17 @@ class Trainer:
 
     def train_epoch(self, bar: tqdm | None = None) -> tuple[dict, bool]:
         """Train the passes of epoch self.epoch + 1 not yet done. Returns the epoch's mean loss parts
-        and whether the epoch finished (False: the time budget ran out after a pass)."""
+        and whether the epoch finished (False: the time budget ran out).
+
+        The time budget is checked after every block pass, and for a one-network method (whose
+        single pass is the whole epoch) after every step in a single process: such a stop records the
+        step and the RNG state, so that a resume skips the pass's done batches and continues exactly."""
         cfg, e = self.cfg, self.epoch + 1
         self.model.train()
         n_batches = len(self.data.train) // cfg.batch_size
         sums: dict = {}
         passes = self.passes()
+        step_budget = self.model.num_blocks == 1 and not self.dist.active and cfg.minutes is not None
         sharded = noise.sharded(self.dist.shard, self.dist.shards) if cfg.deterministic else contextlib.nullcontext()
         with sharded:
             for i in range(self.passes_done, len(passes)):
@@ -266,10 +275,16 @@ class Trainer:
                 if bar is not None and blocks and self.model.num_blocks > 1 and cfg.order == "paper":
                     bar.set_postfix_str(f"block {blocks[0]}/{self.model.num_blocks}")
                 data = batches(self.data.train, cfg.batch_size, gen, drop_last=True)
+                first = self.steps_done if i == self.passes_done else 0
                 for step in range(n_batches):
                     x, y = next(data)
                     if blocks is not None and cfg.order == "random":
                         blocks = [int(torch.randint(1, self.model.num_blocks + 1, (1,), generator=gen))]
+                    if step < first:  # done before a budget stop: the same draws, no step
+                        continue
+                    if step == first and self.rng_state is not None:
+                        torch.set_rng_state(self.rng_state)
+                        self.rng_state = None
                     where = f"epoch {e}, " + (f"block {blocks[0]}, " if blocks and len(blocks) == 1
                                               and self.model.num_blocks > 1 else "") + f"step {step}"
                     if blocks is None:  # idle: only the shared gradients' averaging
@@ -280,7 +295,10 @@ class Trainer:
                         self._record(sums, blocks, parts)
                     if bar is not None:
                         bar.update()
-                self.passes_done = i + 1
+                    if step_budget and step + 1 < n_batches and self._budget_spent():
+                        self.steps_done, self.rng_state = step + 1, torch.get_rng_state()
+                        return self._means(sums), False
+                self.passes_done, self.steps_done = i + 1, 0
                 if i + 1 < len(passes) and self._budget_spent():
                     return self._means(sums), False
         if self.sync is not None:
@@ -341,16 +359,19 @@ class Trainer:
                 stats, finished = self.train_epoch(bar)
             stats["peak_memory_mb"] = gather(self.dist, device.peak_memory_mb(self.device))
             train_s = time.perf_counter() - t0
+            done_fraction = (self.passes_done + self.steps_done / n_batches) / passes_per_epoch
             if finished:
                 self.epoch += 1
-            else:
+            elif self.model.num_blocks > 1:
                 stats["blocks_trained"] = self.passes_done  # a budget stop inside the epoch
+            else:
+                stats["steps_trained"] = self.steps_done
             stop_now = not finished or self._budget_spent()
             if self.dist.main:
                 val = self.validate() if len(self.data.val) else float("nan")
                 best = val > self.best_val
                 self.best_val = max(val, self.best_val)
-                entry = {"epoch": self.epoch + (0 if finished else self.passes_done / passes_per_epoch),
+                entry = {"epoch": self.epoch + (0 if finished else done_fraction),
                          **stats, "val_acc": val, "train_seconds": train_s}
                 if self.cfg.test_curve:  # for plots only: selection never looks at it
                     entry["test_acc"] = accuracy_runs(self.model, self.data.test, runs=1, seed=self.cfg.seed)[0]
@@ -360,7 +381,7 @@ class Trainer:
                 if log:
                     losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
                     what = f"epoch {self.epoch}/{self.cfg.epochs}" if finished else \
-                        f"time budget spent after {self.passes_done} block pass(es) of epoch {self.epoch + 1}"
+                        f"time budget spent {100 * done_fraction:.0f}% into epoch {self.epoch + 1}"
                     log(f"{what}: {losses}  val acc {val:.2f}%  ({train_s:.0f}s train)")
                 stop_now = stop_now or (stop is not None and stop(self.history))
             if self.dist.active:

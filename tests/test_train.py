@@ -206,3 +206,21 @@ def test_a_time_budget_stops_after_a_block_pass_and_resume_finishes_the_epoch_ex
     assert resumed.epoch == 1 and resumed.passes_done == 0
     for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_a_one_network_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_path, mnist):
+    """A one-network method's only pass is the whole epoch, so its budget is checked after every
+    step: the stop records the step and the RNG state, and the resume finishes the epoch with the
+    weights of an uninterrupted run."""
+    data = tiny(mnist)
+    cfg = dict(method="fm", steps=3, T=1)
+    straight = Trainer(tiny_cfg(**cfg), data, tmp_path / "a", quiet=True)
+    straight.fit(log=None)
+    cut = Trainer(tiny_cfg(**cfg, minutes=1e-9), data, tmp_path / "b", quiet=True)
+    cut.fit(log=None)
+    assert cut.epoch == 0 and cut.steps_done == 1 and cut.history[-1]["steps_trained"] == 1
+    resumed = Trainer(tiny_cfg(**cfg), data, tmp_path / "b", quiet=True)
+    resumed.fit(resume=True, log=None)
+    assert resumed.epoch == 1 and resumed.steps_done == 0
+    for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), n
