@@ -368,7 +368,8 @@ class Trainer:
                 stats["steps_trained"] = self.steps_done
             stop_now = not finished or self._budget_spent()
             if self.dist.main:
-                val = self.validate() if len(self.data.val) else float("nan")
+                with self.alone():
+                    val = self.validate() if len(self.data.val) else float("nan")
                 best = val > self.best_val
                 self.best_val = max(val, self.best_val)
                 entry = {"epoch": self.epoch + (0 if finished else done_fraction),
@@ -391,6 +392,13 @@ class Trainer:
             if stop_now:
                 break
         return {"epochs": self.epoch, "best_val": self.best_val}
+
+    def alone(self):
+        """Rank 0 validates and evaluates while the other ranks wait: on a CPU it may then use every
+        core of the machine, not its share (a context manager; a no-op in a single process)."""
+        if not self.dist.active or self.device.type != "cpu":
+            return contextlib.nullcontext()
+        return device.threads(os.cpu_count())
 
     def _bar_postfix(self) -> str:
         if self.model.num_blocks == 1 or self.cfg.order != "paper":
@@ -425,7 +433,8 @@ def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool =
     if not dist.main:
         return trainer, None
     t_eval = time.perf_counter()
-    ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs)
+    with trainer.alone():
+        ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs)
     stochastic = ev["test"]["stochastic"]
     result = {"test_acc_mean": stochastic["mean"], "test_acc_se": stochastic["se"],
               "test_acc_runs": stochastic["runs"], **ev, "epochs": summary["epochs"],
