@@ -2,7 +2,7 @@
 `make run`'s training command and the test suite (`make test`'s pytest, and `make test-fast`'s).
 Writes results/timing-<cpu class>.json; `noprop results` renders docs/performance.md's table.
 
-    python bench/timing.py [--skip-tests]
+    python bench/timing.py [--skip-tests | --targets test]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/timing.py
         (torch, oneDNN and MKL held to AVX2 code on a newer CPU: the class is reported as avx2)
 
@@ -55,6 +55,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--targets", nargs="+", default=["test-fast", "test"], choices=["test-fast", "test"],
+                    help="which test targets to time (default: both)")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +67,7 @@ def main() -> None:
                      "seconds": seconds, "returncode": code,
                      "printed": acc.group(0) if acc else out[-500:]})
     if not a.skip_tests:
-        for target in ("test-fast", "test"):
+        for target in a.targets:
             cmd = make_target_command(target)
             seconds, out, code = timed(cmd, ROOT)
             summary = [x for x in out.splitlines() if re.search(r"\d+ passed", x)]
