@@ -140,7 +140,10 @@ def main() -> None:
     labels = [lab for lab in study["variants"] if any(c["label"] == lab for c in cells)]
     seeds = sorted({c["seed"] for c in cells})
     out = {"study": a.study, "title": study["title"],
-           "command": "python " + " ".join(shlex.quote(x) for x in ["bench/study.py", *sys.argv[1:]]),
+           # the study's command; its cells may have been run by several invocations (--seeds,
+           # --only, one per core), and this one, the last to finish, is recorded beside it
+           "command": f"python bench/study.py {a.study} --threads {a.threads}",
+           "last_invocation": "python " + " ".join(shlex.quote(x) for x in ["bench/study.py", *sys.argv[1:]]),
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(),
            "machine": describe(), "threads": a.threads, "common": study["common"], "eval": study["eval"],
            "seeds": seeds, "variants": labels, "cells": cells}

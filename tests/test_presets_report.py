@@ -219,3 +219,18 @@ def test_results_tables_from_a_small_study(tmp_path):
     # A: seed means 91 (s0) and 92 (s1); no-noise 93, 94: +2.00 ± 0.00 over the paper's rule; ensemble +0
     assert "| A | 2.00 ± 0.00 | 0.00 ± 0.00 | no noise |" in new
     assert "`results/mnist-equal-budget.json`" in new and "CPU class **AVX2/FMA**" in new
+
+
+def test_val_test_gap_leaves_out_runs_stopped_inside_their_first_epoch():
+    """A run whose budget ended inside its first epoch has untrained blocks (chance on both splits):
+    it is named as left out, and the mean gap is over the trained runs only."""
+    from noprop.results import table_val_test_gap
+    cell = lambda lab, s, val, test, frac: {  # noqa: E731
+        "label": lab, "seed": s, "history": [{"val_acc": val}],
+        "result": {"epochs_fraction": frac, "test": {"stochastic": {"mean": test}}}}
+    study = {"cells": [cell("NoProp-DT (a)", 0, 97.0, 98.0, 1.7), cell("NoProp-DT (a)", 1, 97.0, 97.5, 1.6),
+                       cell("NoProp-DT (b)", 0, 12.0, 9.0, 0.9), cell("Backprop", 0, 90.0, 99.0, 2.0)]}
+    out = table_val_test_gap(study)
+    assert "| NoProp-DT (a) | 0 | 97.00 | 98.00 | +1.00 |" in out
+    assert "NoProp-DT (b) | 0" not in out and "Backprop" not in out
+    assert "over these 2 runs: 0.75 ± 0.25 points" in out and "Left out" in out and "NoProp-DT (b) seed 0" in out
