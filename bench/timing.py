@@ -43,7 +43,7 @@ def make_target_command(target: str) -> list[str]:
 
 def shown(cmd: list[str]) -> str:
     """The command as a reader would type it (the venv's path left out)."""
-    return " ".join([Path(cmd[0]).name, *cmd[1:]])
+    return shlex.join([Path(cmd[0]).name, *cmd[1:]])
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str, int]:
