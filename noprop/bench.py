@@ -174,23 +174,30 @@ def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _train_run(options: list[str], what: str, timeout: float, env: dict | None = None) -> tuple[list, dict, dict]:
+    """A real `noprop train OPTIONS --threads 1 --quiet` in a process of its own, into a temporary run
+    folder: its per-epoch history (metrics.jsonl), result.json and config.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-m", "noprop", "train", *options, "--threads", "1", "--quiet", "--out", f"{tmp}/run"]
+        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{what} failed:\n{r.stderr}")
+        run = Path(tmp) / "run"
+        hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return hist, json.loads((run / "result.json").read_text()), json.loads((run / "config.json").read_text())
+
+
 def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epochs: int = 1,
                        precision: str = "auto", steps: int = 10, extra: tuple = ()) -> dict:
     """A real `noprop train --workers N --threads 1` run (paper order). images_per_s: training images
     of the epoch per second (comparable across methods: an image passes all T blocks of DT and of
     the backprop baseline once an epoch); block_samples_per_s = T x that for DT and backprop. The
     training seconds include the end-of-epoch gathering of blocks on rank 0 (block groups)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "noprop", "train", "--method", method, "--train-subset", str(n_train),
-                "--precision", precision, "--steps", str(steps), "--val-subset", "64", "--test-subset", "100",
-                "--epochs", str(epochs), "--eval-runs", "1", "--threads", "1", "--quiet", "--out", f"{tmp}/run",
-                "--workers", str(world), *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)
-        if r.returncode != 0:
-            raise RuntimeError(f"{method} with {world} workers failed:\n{r.stderr}")
-        hist = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
-        result = json.loads(Path(f"{tmp}/run/result.json").read_text())
+    hist, result, _ = _train_run(
+        ["--method", method, "--train-subset", str(n_train), "--precision", precision, "--steps", str(steps),
+         "--val-subset", "64", "--test-subset", "100", "--epochs", str(epochs), "--eval-runs", "1",
+         "--workers", str(world), *extra],
+        f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     secs = sum(h["train_seconds"] for h in hist)
     cfg = Config(method=method).validate()
     blocks = cfg.T if method in ("dt", "backprop") else 1
@@ -234,17 +241,11 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
 def _tta_workers(target, precision, order, eval_runs, epochs, lr_schedule, workers, lr, t0) -> dict:
     if not epochs:
         raise ValueError("a multi-process time-to-accuracy run needs its planned --tta-epochs")
-    with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "noprop", "train", "--epochs", str(epochs), "--lr-schedule", lr_schedule,
-                "--lr", str(lr), "--precision", precision, "--order", order, "--eval-runs", str(eval_runs),
-                "--workers", str(workers), "--threads", "1", "--quiet", "--out", f"{tmp}/run"]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=7200)
-        if r.returncode != 0:
-            raise RuntimeError(f"time-to-accuracy run failed:\n{r.stderr}")
-        end = time.perf_counter() - t0
-        res = json.loads(Path(f"{tmp}/run/result.json").read_text())
-        hist = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
-        cfg = json.loads(Path(f"{tmp}/run/config.json").read_text())
+    hist, res, cfg = _train_run(
+        ["--epochs", str(epochs), "--lr-schedule", lr_schedule, "--lr", str(lr), "--precision", precision,
+         "--order", order, "--eval-runs", str(eval_runs), "--workers", str(workers)],
+        "time-to-accuracy run", timeout=7200)
+    end = time.perf_counter() - t0
     train_wall = end - res["evaluation_seconds"]  # the final evaluation is the run's last work
     return _tta_row(target, train_wall, end, res["epochs"], [h["val_acc"] for h in hist], res["precision"], order,
                     lr_schedule, epochs, cfg, res["test"], workers)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import ConfigError
 from .download import DataError, RemoteFile, digest_of, download, safe_extract, verify_file
 
 BUNDLED = Path(__file__).parent / "_bundled"
@@ -409,7 +410,6 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
 
 def load_data(cfg, data_dir=None, allow_download=False) -> Dataset:
     """The dataset a Config trains on: its validation split (seeded by cfg.seed) and subsets."""
-    from .config import ConfigError
     data = load_dataset(cfg.dataset, data_dir=data_dir, allow_download=allow_download,
                         val_size=cfg.val_size, split_seed=cfg.seed)
     data.train = subset(data.train, cfg.train_subset, cfg.seed)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import device, models, noise
 from .checkpoint import CheckpointError
 from .config import Config
-from .data import Dataset, augment, batches, load_data, subset  # noqa: F401 (load_data: re-exported)
+from .data import Dataset, augment, batches, load_data, subset
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks

@@ -32,13 +32,15 @@ def test_a_pure_matmul_workload_lands_near_the_peak_probe():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core: the suite may run on two workers, each on its own core
     seen = []
-    for _ in range(3):  # a shared machine's clock wanders by several %: one agreeing attempt of three
-        probe = bench.matmul_peak("fp32", min_run_time=1.5)
-        work = bench.workload_gflops(lambda: torch.mm(a, b), min_run_time=1.5)
-        seen.append((work, probe))
-        if 0.8 * probe <= work <= 1.05 * probe:
-            break
-    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):  # a shared machine's clock wanders by several %: one agreeing attempt of three
+            probe = bench.matmul_peak("fp32", min_run_time=1.5)
+            work = bench.workload_gflops(lambda: torch.mm(a, b), min_run_time=1.5)
+            seen.append((work, probe))
+            if 0.8 * probe <= work <= 1.05 * probe:
+                break
+    finally:
+        torch.set_num_threads(threads)
     assert 0.8 * probe <= work <= 1.05 * probe, seen
 
 
