@@ -1,5 +1,5 @@
 """Wall time of the two commands a new user runs first, on this machine's CPU class (not a test):
-`make run`'s training command and the test suite (`make test`'s pytest, and `make test-fast`'s).
+`make run`'s training command and the test suite (`make test`'s pytest, and `make test-slow`'s).
 Writes results/timing-<cpu class>.json; `noprop results` renders docs/performance.md's table.
 
     python bench/timing.py [--skip-tests | --targets test]
@@ -55,7 +55,7 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--targets", nargs="+", default=["test-fast", "test"], choices=["test-fast", "test"],
+    ap.add_argument("--targets", nargs="+", default=["test", "test-slow"], choices=["test", "test-slow"],
                     help="which test targets to time (default: both)")
     a = ap.parse_args()
     rows = []

@@ -18,7 +18,7 @@ from torch import nn
 import noprop
 from noprop import checkpoint, cli
 
-pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
 HERE = Path(__file__).resolve()
 SMALL = dict(train_subset=2048, val_subset=200, test_subset=500, batch_size=64)

@@ -13,7 +13,7 @@ import torch
 
 from noprop import checkpoint
 
-pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
 ARGS = ["train", "-T", "2", "--train-subset", "1024", "--val-subset", "64", "--test-subset", "100",
         "--batch-size", "32",

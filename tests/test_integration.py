@@ -15,7 +15,7 @@ from noprop.diagnose import chain_analysis
 from noprop.evaluation import accuracy_runs, predict
 from noprop.trainer import LAST, Trainer
 
-pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
 CFG = dict(T=10, epochs=2, batch_size=64, order="paper", train_subset=3000, val_subset=500)
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
 
 def reproduce(*args):
