@@ -411,10 +411,19 @@ def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, tra
     """Test accuracy of a trained model under every inference rule: the paper's stochastic rule and
     no-noise over `runs` inference runs each, and with ensemble = K > 0 the K-chain ensemble over
     `ensemble_runs` runs (each of K chains). With train_images > 0 also the training accuracy (paper's
-    rule, one run) on that many training images (a fixed subset; Table 1's train column)."""
+    rule, one run) on that many training images (a fixed subset; Table 1's train column).
+
+    The same rules are also scored on the validation split (one run each), and the best of them there
+    is named "rule_chosen_on_val": which rule to trust for this model is chosen without the test set."""
     out = {"test": rules_accuracy(model, data.test, runs, 1, seed, ("stochastic", "no-noise"))}
     if ensemble:
         out["test"].update(rules_accuracy(model, data.test, ensemble_runs, ensemble, seed, ("ensemble",)))
+    if len(data.val):
+        out["val"] = rules_accuracy(model, data.val, 1, 1, seed, ("stochastic", "no-noise"))
+        if ensemble:
+            out["val"].update(rules_accuracy(model, data.val, 1, ensemble, seed, ("ensemble",)))
+        # ties (methods without noise score alike under every rule) go to the paper's rule, listed first
+        out["rule_chosen_on_val"] = max(out["val"], key=lambda r: out["val"][r]["mean"])
     if train_images:  # one inference run: the spread that matters here is the seeds'
         out["train"] = rules_accuracy(model, subset(data.train, train_images, 0), 1, 1, seed, ("stochastic",))
         out["train_images"] = min(train_images, len(data.train))

@@ -224,3 +224,33 @@ def test_a_one_network_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_p
     assert resumed.epoch == 1 and resumed.steps_done == 0
     for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_the_inference_rule_is_chosen_on_validation_never_on_test(mnist, monkeypatch):
+    """final_evaluation names the rule with the best validation accuracy, even where the test set
+    would rank the rules the other way; the time-to-accuracy row judges its target by that rule."""
+    from noprop import bench, trainer
+    d = tiny(mnist)
+    scores = {id(d.val): {"stochastic": 90.0, "no-noise": 95.0}, id(d.test): {"stochastic": 99.5, "no-noise": 98.0}}
+
+    def fake_rules(model, split, runs, ensemble, seed, rules, **kw):
+        return {r: {"runs": [scores[id(split)][r]] * runs, "mean": scores[id(split)][r], "se": 0.0} for r in rules}
+
+    monkeypatch.setattr(trainer, "rules_accuracy", fake_rules)
+    ev = trainer.final_evaluation(None, d, runs=2)
+    assert ev["rule_chosen_on_val"] == "no-noise"
+    assert ev["val"]["no-noise"]["mean"] == 95.0 and ev["test"]["stochastic"]["mean"] == 99.5
+    row = bench._tta_row(99.0, 1.0, 2.0, 1, [95.0], "fp32", "paper", "constant", 1, {}, ev, 1)
+    assert row["rule_chosen_on_val"] == "no-noise" and row["test_acc_chosen_rule"] == 98.0
+    assert not row["reached"]  # the paper's rule's 99.5 on test does not count: validation chose no-noise
+
+
+def test_a_trained_model_reports_validation_accuracy_under_each_rule(mnist):
+    from noprop.trainer import final_evaluation
+    d = tiny(mnist)
+    tr = Trainer(tiny_cfg().validate(), d, None, quiet=True)
+    tr.fit()
+    ev = final_evaluation(tr.model, d, runs=1, ensemble=3)
+    assert set(ev["val"]) == {"stochastic", "no-noise", "ensemble-3"}
+    best = max(v["mean"] for v in ev["val"].values())
+    assert ev["val"][ev["rule_chosen_on_val"]]["mean"] == best
