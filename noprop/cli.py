@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--device", help="auto (CUDA if torch sees a GPU, else CPU) | cpu | cuda | cuda:N")
     opt("--block-groups", type=int, help="parallel runs: block groups G (workers / G data shards each); "
         "None chooses")
+    opt("--batchnorm-stats", choices=("global", "local"), help="data-parallel runs: BatchNorm statistics of "
+        "the global batch (the update of one process; one all-reduce per layer and pass) or of each "
+        "shard's share (no collective in the forward pass, as DistributedDataParallel does by default)")
     tr.add_argument("--augment", action="store_true", default=S,
                     help="random crop (padding 4) and horizontal flip while training (the paper used none)")
     tr.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,

@@ -67,6 +67,8 @@ class Config:
                                     # global batch, so results do not depend on the worker count
     block_groups: int | None = None  # parallel runs: G block groups x (workers / G) data shards;
                                     # None: chosen by parallel.choose_groups
+    batchnorm_stats: str = "global"  # data-parallel runs: BatchNorm over the global batch (global:
+                                    # the update of one process) or each shard's share (local: faster)
     plugins: list = field(default_factory=list)  # modules / .py files that register methods (--plugin)
     extra: dict = field(default_factory=dict)
 
@@ -123,6 +125,8 @@ class Config:
         need(self.minutes is None or self.minutes > 0, "minutes", f"must be > 0, got {self.minutes}")
         need(self.block_groups is None or self.block_groups >= 1, "block_groups",
              f"must be >= 1, got {self.block_groups}")
+        need(self.batchnorm_stats in ("global", "local"), "batchnorm_stats",
+             f"must be global or local, got {self.batchnorm_stats!r}")
         method.check_config(self)
         return self
 
@@ -161,7 +165,8 @@ class Config:
         return cls(**d).validate()  # also fills defaults that older config files lack
 
     def differences(self, other: Config, ignore=("epochs", "device", "minutes", "plugins", "deterministic",
-                                                   "block_groups", "test_curve", "eval_batch_size")) -> list[str]:
+                                                   "block_groups", "batchnorm_stats", "test_curve",
+                                                   "eval_batch_size")) -> list[str]:
         """Fields that differ, but for those a resumed run may change (more epochs, another device or
         time budget, another layout of workers)."""
         a, b = self.to_dict(), other.to_dict()

@@ -9,7 +9,10 @@ global batch (``--batch-size`` is the global batch, so a run means the same at a
   (NoProp-DT's head and a learned embedding) over all W ranks. A one-network method (G = 1) is
   wrapped in torch's DistributedDataParallel over its D shards.
 - BatchNorm layers see the whole global batch: with D > 1 they are synchronised over the shards
-  (``SyncBatchNorm1d``, which works on CPU/gloo, where torch's own is CUDA-only).
+  (``SyncBatchNorm1d``, which works on CPU/gloo, where torch's own is CUDA-only). With
+  ``--batchnorm-stats local`` each shard normalises by its own share of the batch instead, as torch's
+  DistributedDataParallel does unless told otherwise: no collective inside the forward pass, but the
+  update then depends on the worker count (the saved running statistics are rank 0's).
 - No images travel: every rank loads the data and rebuilds the epoch's order from the seed.
 - With one group (G > 1) ranks hold only their blocks; at the end of each epoch rank 0 gathers every
   block and writes the checkpoint a single process would write, so any kind of run resumes or
@@ -206,9 +209,12 @@ class _AllReduceSum(torch.autograd.Function):
 class SyncBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the whole global batch, summed over a
     process group with a differentiable all-reduce, so gradients flow through the other ranks'
-    share of the mean and variance as they would in one process. Two passes (the mean, then the
-    squared deviations from it) keep the variance exact. Same parameters, buffers and state_dict
-    keys as BatchNorm1d; in eval mode it is BatchNorm1d. (torch's SyncBatchNorm is CUDA-only.)"""
+    share of the mean and variance as they would in one process. One all-reduce per layer and pass
+    (the sums of x and x^2 and the count together): every collective is a point where the ranks
+    wait for each other, and the backprop baseline has 60 of these layers. The sums are float64, so
+    the one-pass variance E[x^2] - mean^2 keeps float32's precision. Same parameters, buffers and
+    state_dict keys as BatchNorm1d; in eval mode it is BatchNorm1d. (torch's SyncBatchNorm is
+    CUDA-only.)"""
 
     group = None
 
@@ -225,20 +231,20 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.group is None:
             return super().forward(x)
-        xf = x.float()
-        c = xf.shape[1]
-        sums = _AllReduceSum.apply(torch.cat([xf.sum(0), xf.new_full((1,), float(len(xf)))]), self.group)
-        total = sums[c]
+        xd = x.double()
+        c = xd.shape[1]
+        sums = _AllReduceSum.apply(torch.cat([xd.sum(0), xd.pow(2).sum(0), xd.new_full((1,), float(len(xd)))]),
+                                   self.group)
+        total = sums[2 * c]
         mean = sums[:c] / total
-        m2 = _AllReduceSum.apply((xf - mean).pow(2).sum(0), self.group)
-        var = m2 / total
+        var = (sums[c:2 * c] / total - mean.pow(2)).clamp(min=0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - mom).add_(mean.detach(), alpha=mom)
-                self.running_var.mul_(1 - mom).add_(m2.detach() / (total - 1), alpha=mom)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
+                self.running_mean.mul_(1 - mom).add_(mean.detach().float(), alpha=mom)
+                self.running_var.mul_(1 - mom).add_((var.detach() * total / (total - 1)).float(), alpha=mom)
+        y = (x.float() - mean.float()) * torch.rsqrt(var.float() + self.eps)
         if self.affine:
             y = y * self.weight + self.bias
         return y.to(x.dtype)
@@ -261,7 +267,7 @@ def _unflat_into_grads(flat: torch.Tensor, params: list[nn.Parameter]) -> None:
 class Collectives:
     """The per-step and per-epoch communication of one rank in a G x D layout."""
 
-    def __init__(self, d: Dist, model, device: torch.device):
+    def __init__(self, d: Dist, model, device: torch.device, batchnorm_stats: str = "global"):
         self.d, self.model, self.device = d, model, device
         # every rank creates every group's subgroups, in the same order (torch requires it): one for
         # the gradients (DDP's or ours) and one for BatchNorm's statistics, whose all-reduces run
@@ -273,7 +279,7 @@ class Collectives:
             if g == d.group:
                 self.shard_group, bn_group = pgs
         self.shared = model.shared_parameters()
-        if d.shards > 1:
+        if d.shards > 1 and batchnorm_stats == "global":
             SyncBatchNorm1d.convert(model, bn_group)
 
     def wrap(self, model):

@@ -97,7 +97,7 @@ class Trainer:
                            for t in range(1, self.model.num_blocks + 1)}
         shared = self.model.shared_parameters()
         self.shared_opt = make_optimizer(shared, cfg) if shared else None
-        self.sync = Collectives(dist, self.model, self.device) if dist.active else None
+        self.sync = Collectives(dist, self.model, self.device, cfg.batchnorm_stats) if dist.active else None
         self.forward = self.sync.wrap(self.model) if self.sync else self.model
         self.epoch = 0          # epochs completed
         self.passes_done = 0    # block passes of the current epoch completed (a time budget may stop mid-epoch)

@@ -1,5 +1,7 @@
 """Architecture: shapes and the paper's parameter counts (v2 Table 5)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -125,3 +127,35 @@ def test_pool_before_relu_is_the_papers_function_and_gradient(dtype):
         torch.testing.assert_close(grads[0][n], grads[1][n], **tol, msg=n)
     # the parameters keep the paper's module indices: features.0 / .4 / .7 are the convolutions
     assert {n.split(".")[0] for n, _ in f.named_parameters()} == {"0", "4", "7"}
+
+
+def test_sync_batchnorm_is_batchnorm_over_the_group():
+    """SyncBatchNorm1d in a one-rank gloo group computes what BatchNorm1d computes: outputs, input and
+    parameter gradients, running statistics (its one-pass float64 variance against torch's)."""
+    import torch.distributed as dist
+
+    from noprop.parallel import SyncBatchNorm1d
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        ref = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16))
+        with torch.no_grad():
+            ref[1].weight.uniform_(0.5, 1.5)
+            ref[1].bias.uniform_(-1, 1)
+        syn = SyncBatchNorm1d.convert(copy.deepcopy(ref), dist.group.WORLD)
+        assert type(syn[1]) is SyncBatchNorm1d
+        x = torch.randn(32, 8) * 3 + 5   # a mean far from zero, where a one-pass variance could lose digits
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        g = torch.randn(32, 16)
+        for _ in range(3):
+            ya, yb = ref(xa), syn(xb)
+            (ya * g).sum().backward()
+            (yb * g).sum().backward()
+        torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+        for (name, pa), pb in zip(ref.named_parameters(), syn.parameters()):
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=name)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(syn[1], name), getattr(ref[1], name), rtol=1e-5, atol=1e-6, msg=name)
+    finally:
+        dist.destroy_process_group()

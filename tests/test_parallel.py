@@ -14,7 +14,7 @@ import torch
 from noprop import checkpoint
 from noprop.parallel import owned_blocks
 
-pytestmark = pytest.mark.slow  # real data, real processes: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
 TINY = ["-T", "4", "--train-subset", "512", "--val-subset", "64", "--test-subset", "100", "--batch-size", "32",
         "--eval-runs", "1",
@@ -196,6 +196,25 @@ def test_data_parallel_adam_runs_stay_equal_for_several_steps(tmp_path, method):
         outs.append(checkpoint.load_weights(tmp_path / str(workers) / "last.safetensors")[0])
     for k in outs[0]:
         torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_local_batchnorm_statistics_are_each_shards_own(tmp_path):
+    """--batchnorm-stats local: no BatchNorm synchronisation, so the 2-shard update is no longer the
+    one-process update of the global batch (each shard normalised by its own half); the run still
+    trains: it ends and every weight moved."""
+    extra = ["--method", "cnn", "--optimizer", "sgd", "--lr", "0.05"]
+    outs = {}
+    for workers, stats in ((1, "global"), (2, "global"), (2, "local")):
+        out = tmp_path / f"w{workers}-{stats}"
+        r = noprop("train", *ONE_BATCH, *extra, "--workers", str(workers), "--batchnorm-stats", stats,
+                   "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        outs[workers, stats] = checkpoint.load_weights(out / "last.safetensors")[0]
+    start = initial_weights("cnn", optimizer="sgd", lr=0.05)
+    assert_same_updates(start, outs[1, "global"], outs[2, "global"], rtol=1e-2)
+    with pytest.raises(AssertionError):
+        assert_same_updates(start, outs[1, "global"], outs[2, "local"], rtol=1e-2)
+    assert all(not torch.equal(outs[2, "local"][k], start[k]) for k in start if k.endswith("weight"))
 
 
 def test_blocks_by_data_2x2_make_the_update_of_block_parallel_2x1(tmp_path):
