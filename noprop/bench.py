@@ -188,7 +188,8 @@ def _train_run(options: list[str], what: str, timeout: float, env: dict | None =
 
 
 def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epochs: int = 1,
-                       precision: str = "auto", steps: int = 10, extra: tuple = ()) -> dict:
+                       precision: str = "auto", steps: int = 10, extra: tuple = (),
+                       batchnorm_stats: str = "global") -> dict:
     """A real `noprop train --workers N --threads 1` run (paper order). images_per_s: training images
     of the epoch per second (comparable across methods: an image passes all T blocks of DT and of
     the backprop baseline once an epoch); block_samples_per_s = T x that for DT and backprop. The
@@ -196,7 +197,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
     hist, result, _ = _train_run(
         ["--method", method, "--train-subset", str(n_train), "--precision", precision, "--steps", str(steps),
          "--val-subset", "64", "--test-subset", "100", "--epochs", str(epochs), "--eval-runs", "1",
-         "--workers", str(world), *extra],
+         "--workers", str(world), "--batchnorm-stats", batchnorm_stats, *extra],
         f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     secs = sum(h["train_seconds"] for h in hist)
     cfg = Config(method=method).validate()
@@ -205,6 +206,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
     return {"method": method, "workers": world, "threads_per_worker": 1, "images_per_s": images / secs,
             "block_samples_per_s": images * blocks / secs, "train_seconds": secs, "images": n_train,
             "precision": result.get("precision", precision), "block_groups": result.get("block_groups"),
+            "batchnorm_stats": batchnorm_stats,
             "peak_memory_mb_per_rank": hist[-1].get("peak_memory_mb")}
 
 
@@ -329,7 +331,9 @@ def markdown(results: dict) -> str:
             sp = f"{w['images_per_s'] / one:.2f}x" if one else "–"
             g = w.get("block_groups") or 1
             mem = ", ".join(f"{x:.0f}" for x in w.get("peak_memory_mb_per_rank") or []) or "–"
-            lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g} | {w['precision']} | "
+            # BatchNorm statistics per shard (--batchnorm-stats local) are named: the update then differs
+            local = ", BatchNorm per shard" if w.get("batchnorm_stats") == "local" and w["workers"] > g else ""
+            lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g}{local} | {w['precision']} | "
                          f"{w['images_per_s']:.0f} | {w['block_samples_per_s']:.0f} | {sp} | {mem} |")
         lines.append("")
     return "\n".join(lines)
@@ -347,7 +351,7 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
         workers=(1, 2), target: float = 99.0, budget_minutes: float = 10.0, tta_epochs: int | None = None,
         lr_schedule: str = "constant", device_name: str = "auto", workers_images: int = 8192,
         min_run_time: float = 2.0, workers_methods=None, t0: float | None = None, tta_workers: int = 1,
-        tta_lr: float = 1e-3) -> dict:
+        tta_lr: float = 1e-3, batchnorm_stats: str = "global") -> dict:
     dev = device.resolve(device_name)
     notes = []
     if precisions is None:
@@ -368,7 +372,8 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
     if "memory" in what:
         results["memory"] = [memory(m, "mnist", "fp32", device_name=str(dev)) for m in methods]
     if "workers" in what:
-        results["workers"] = [workers_throughput(w, m, n_train=workers_images, precision=p)
+        results["workers"] = [workers_throughput(w, m, n_train=workers_images, precision=p,
+                                                 batchnorm_stats=batchnorm_stats)
                               for p in precisions for m in (workers_methods or methods) for w in workers]
     if "tta" in what:
         results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule,

@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
+    bn.add_argument("--batchnorm-stats", choices=("global", "local"), default="global", help="workers: BatchNorm "
+                    "statistics of the global batch or of each data shard (noprop train --batchnorm-stats)")
     _plugin_arg(bn)
 
     rs = sub.add_parser("results", help="regenerate the tables of README.md and docs/ from results/*.json")
@@ -345,7 +347,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     bench.run(a.what, a.out, precisions=a.precision, methods=tuple(a.methods), target=a.target,
               budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
               device_name=a.device, workers_images=a.workers_images, min_run_time=a.seconds, t0=START,
-              tta_workers=a.tta_workers, tta_lr=a.tta_lr)
+              tta_workers=a.tta_workers, tta_lr=a.tta_lr, batchnorm_stats=a.batchnorm_stats)
     return 0
 
 

@@ -80,3 +80,15 @@ def test_bf16_is_skipped_where_it_is_emulated(monkeypatch):
     assert precisions == ["fp32"] and "bf16 skipped" in notes[0] and "avx2" in notes[0]
     monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
     assert bench.default_precisions() == (["fp32", "bf16"], [])
+
+
+@pytest.mark.slow
+def test_workers_rows_run_real_workers_and_name_local_batchnorm():
+    """A workers row is a real `noprop train --workers N` run; with --batchnorm-stats local the row
+    and its table say that BatchNorm was per shard."""
+    rows = [bench.workers_throughput(w, "cnn", n_train=256, precision="fp32", batchnorm_stats="local")
+            for w in (1, 2)]
+    assert [r["workers"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["batchnorm_stats"] == "local" and len(r["peak_memory_mb_per_rank"]) == r["workers"] for r in rows)
+    md = bench.markdown({"machine": machine.describe(), "workers": rows})
+    assert "| cnn | 2 | 1 x 2, BatchNorm per shard | fp32 |" in md and "| cnn | 1 | 1 x 1 | fp32 |" in md
