@@ -234,3 +234,21 @@ def test_val_test_gap_leaves_out_runs_stopped_inside_their_first_epoch():
     assert "| NoProp-DT (a) | 0 | 97.00 | 98.00 | +1.00 |" in out
     assert "NoProp-DT (b) | 0" not in out and "Backprop" not in out
     assert "over these 2 runs: 0.75 ± 0.25 points" in out and "Left out" in out and "NoProp-DT (b) seed 0" in out
+
+
+def test_recipe_table_chooses_on_seed_zero_validation_and_counts_seeds():
+    """dt-recipe: both recipes on seed 0, the better final validation accuracy chosen (even where its
+    test accuracy is worse), and only the chosen one on seeds 1 and 2; test columns are seed means."""
+    from noprop.results import table_recipe
+    runs = lambda acc: {"stochastic": {"runs": [acc, acc]}, "no-noise": {"runs": [acc + 1, acc + 1]},  # noqa: E731
+                        "ensemble-10": {"runs": [acc + 0.5]}}
+    cell = lambda lab, s, val, acc: {  # noqa: E731
+        "label": lab, "seed": s, "history": [{"epoch": 20, "val_acc": val}],
+        "result": {"test": runs(acc), "train": {"stochastic": {"runs": [99.0]}}}}
+    study = {"common": {"epochs": 20}, "cells": [
+        cell("lr 1e-3", 0, 98.0, 99.4), cell("lr 2e-3", 0, 98.5, 99.0),
+        cell("lr 2e-3", 1, 98.4, 99.2), cell("lr 2e-3", 2, 98.6, 99.4)]}
+    out = table_recipe(study)
+    assert "| lr 1e-3 | 98.00 | 1 | 99.40 |" in out
+    assert "| lr 2e-3 | 98.50 | 3 | 99.20 ± 0.12 | 100.20 ± 0.12 | 99.70 ± 0.12 | 99.00 ± 0.00 |" in out
+    assert "Chosen on seed 0's validation accuracy: **lr 2e-3**" in out
