@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import checkpoint, device, parallel
 from .checkpoint import CheckpointError
-from .config import LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
+from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
 from .embedding import KINDS
 from .method import load_plugin, method_names
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--device", help="auto (CUDA if torch sees a GPU, else CPU) | cpu | cuda | cuda:N")
     opt("--block-groups", type=int, help="parallel runs: block groups G (workers / G data shards each); "
         "None chooses")
-    opt("--batchnorm-stats", choices=("global", "local"), help="data-parallel runs: BatchNorm statistics of "
+    opt("--batchnorm-stats", choices=BATCHNORM_STATS, help="data-parallel runs: BatchNorm statistics of "
         "the global batch (the update of one process; one all-reduce per layer and pass) or of each "
         "shard's share (no collective in the forward pass, as DistributedDataParallel does by default)")
     tr.add_argument("--augment", action="store_true", default=S,
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
-    bn.add_argument("--batchnorm-stats", choices=("global", "local"), default="global", help="workers: BatchNorm "
+    bn.add_argument("--batchnorm-stats", choices=BATCHNORM_STATS, default="global", help="workers: BatchNorm "
                     "statistics of the global batch or of each data shard (noprop train --batchnorm-stats)")
     _plugin_arg(bn)
 

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
+BATCHNORM_STATS = ("global", "local")  # data-parallel BatchNorm: the global batch's, or each shard's
 
 
 class ConfigError(ValueError):
@@ -125,7 +126,7 @@ class Config:
         need(self.minutes is None or self.minutes > 0, "minutes", f"must be > 0, got {self.minutes}")
         need(self.block_groups is None or self.block_groups >= 1, "block_groups",
              f"must be >= 1, got {self.block_groups}")
-        need(self.batchnorm_stats in ("global", "local"), "batchnorm_stats",
+        need(self.batchnorm_stats in BATCHNORM_STATS, "batchnorm_stats",
              f"must be global or local, got {self.batchnorm_stats!r}")
         method.check_config(self)
         return self

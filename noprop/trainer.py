@@ -415,13 +415,14 @@ def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, tra
 
     The same rules are also scored on the validation split (one run each), and the best of them there
     is named "rule_chosen_on_val": which rule to trust for this model is chosen without the test set."""
-    out = {"test": rules_accuracy(model, data.test, runs, 1, seed, ("stochastic", "no-noise"))}
-    if ensemble:
-        out["test"].update(rules_accuracy(model, data.test, ensemble_runs, ensemble, seed, ("ensemble",)))
-    if len(data.val):
-        out["val"] = rules_accuracy(model, data.val, 1, 1, seed, ("stochastic", "no-noise"))
+    def every_rule(split, runs: int, ensemble_runs: int) -> dict:
+        res = rules_accuracy(model, split, runs, 1, seed, ("stochastic", "no-noise"))
         if ensemble:
-            out["val"].update(rules_accuracy(model, data.val, 1, ensemble, seed, ("ensemble",)))
+            res.update(rules_accuracy(model, split, ensemble_runs, ensemble, seed, ("ensemble",)))
+        return res
+    out = {"test": every_rule(data.test, runs, ensemble_runs)}
+    if len(data.val):
+        out["val"] = every_rule(data.val, 1, 1)
         # ties (methods without noise score alike under every rule) go to the paper's rule, listed first
         out["rule_chosen_on_val"] = max(out["val"], key=lambda r: out["val"][r]["mean"])
     if train_images:  # one inference run: the spread that matters here is the seeds'
