@@ -80,11 +80,15 @@ class Adjoint(Method):
         ce = F.cross_entropy(self.head(z1), y)
         return {"loss": ce, "ce": ce}
 
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
+        return self.net.image_features(x)
+
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,
-              solver: str | None = None) -> Iterator[ChainStep]:
+              solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
         z0 = self.embed.noise(len(x), generator, x.device)
-        field = _Field(self.net, self.embed, self.net.image_features(x))
+        field = _Field(self.net, self.embed, self.image_features(x) if features is None else features)
         for k, z in enumerate(integrate(field, z0, steps or self.steps, "euler", trajectory=True), 1):
             yield ChainStep(k, z)
 

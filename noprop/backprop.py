@@ -69,18 +69,24 @@ class Backprop(Method):
         if cfg.logit_scale <= 0:
             raise ConfigError(f"--logit-scale: must be > 0, got {cfg.logit_scale}")
 
-    def chain(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> Iterator[ChainStep]:
+    def image_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's image path on x (it does not depend on z): shared by every inference run."""
+        return [block.image_path(x) for block in self.blocks]
+
+    def chain(self, x, noise: bool = True, generator=None, steps=None, solver=None,
+              features=None) -> Iterator[ChainStep]:
         z = self.embed.noise(len(x), generator, x.device)
         alpha = torch.tanh(self.w)
         for t, block in enumerate(self.blocks, 1):
-            logits = block(z, x)
+            logits = block(z, x, None if features is None else features[t - 1])
             z = (1 - alpha[t - 1]) * z + alpha[t - 1] * self.embed.mix(logits)
             yield ChainStep(t, z, logits)
 
-    def final_latent(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> torch.Tensor:
+    def final_latent(self, x, noise: bool = True, generator=None, steps=None, solver=None,
+                     features=None) -> torch.Tensor:
         """z_T; with gradient when called in training (the chain is back-propagated end to end)."""
         z = None
-        for step in self.chain(x, noise, generator):
+        for step in self.chain(x, noise, generator, features=features):
             z = step.z
         return z
 

@@ -47,8 +47,13 @@ class CNN(Method):
             raise ConfigError(f"--embedding: the cnn reference method has no label embedding; leave it at "
                               f"one-hot (got {cfg.embedding!r})")
 
-    def final_latent(self, x, noise: bool = True, generator=None, steps=None, solver=None) -> torch.Tensor:
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits themselves: with no noise, every inference run of a batch is the same."""
         return self.mlp(self.image_path(x))
+
+    def final_latent(self, x, noise: bool = True, generator=None, steps=None, solver=None,
+                     features=None) -> torch.Tensor:
+        return self.image_features(x) if features is None else features
 
     def classify(self, logits: torch.Tensor) -> torch.Tensor:
         return logits

@@ -82,13 +82,17 @@ class NoPropCT(Method):
         l2 = (self.schedule.snr_derivative(t) * sq).mean()
         return {"loss": ce + kl + self.eta / 2 * l2, "ce": ce, "kl": kl, "l2": sq.mean()}
 
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
+        return self.net.image_features(x)
+
     @torch.no_grad()
     def chain(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,
-              solver: str | None = None) -> Iterator[ChainStep]:
+              solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
         """z at each of the N steps from z_0 ~ N(0, I) (the logits are those of the step's u_hat)."""
         steps, solver = steps or self.steps, solver or self.solver
         z = self.embed.noise(len(x), generator, x.device)
-        feats = self.net.image_features(x)  # once per image, reused at every step
+        feats = self.image_features(x) if features is None else features  # once per image, every step
         if solver == "stochastic":
             grid = self.schedule.discretize(steps)
             for k in range(1, steps + 1):

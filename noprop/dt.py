@@ -119,9 +119,10 @@ class NoPropDT(Method):
         return list(self.head.parameters()) + ([self.embed.weight] if self.embed.trainable else [])
 
     # --- pieces of the model -----------------------------------------------------------------
-    def u_hat(self, t: int, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def u_hat(self, t: int, z: torch.Tensor, x: torch.Tensor,
+              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Block t (1-based): logits and u_hat = softmax(logits) @ W_Embed."""
-        logits = self.blocks[t - 1](z, x)
+        logits = self.blocks[t - 1](z, x, features)
         return logits, self.embed.mix(logits)
 
     def classify(self, z_T: torch.Tensor) -> torch.Tensor:
@@ -170,13 +171,19 @@ class NoPropDT(Method):
         return out
 
     # --- inference (never sees a label) ----------------------------------------------------------
+    def image_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's image path on x (it does not depend on z): shared by every inference run."""
+        return [block.image_path(x) for block in self.blocks]
+
     @torch.no_grad()
     def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
-              steps: int | None = None, solver: str | None = None) -> Iterator[ChainStep]:
+              steps: int | None = None, solver: str | None = None,
+              features: list[torch.Tensor] | None = None) -> Iterator[ChainStep]:
         """Run Eq. 3 from z_0 ~ N(0, I): yields z_t and block t's logits for t = 1..T.
-        noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule)."""
+        noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule).
+        features: image_features(x), where the caller has it."""
         z = self.embed.noise(len(x), generator, x.device)
         for t in range(1, self.T + 1):
-            logits, u_hat = self.u_hat(t, z, x)
+            logits, u_hat = self.u_hat(t, z, x, None if features is None else features[t - 1])
             z = self.schedule.step(t, u_hat, z, noise, generator)
             yield ChainStep(t, z, logits)

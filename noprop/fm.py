@@ -75,13 +75,17 @@ class NoPropFM(Method):
             out.update(loss=fm + ce, ce=ce)
         return out
 
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
+        return self.net.image_features(x)
+
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,
-              solver: str | None = None) -> Iterator[ChainStep]:
+              solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
         """z at each step of the flow from z_0 ~ N(0, I). The flow is deterministic given z_0:
         `noise` has nothing further to drop."""
         z0 = self.embed.noise(len(x), generator, x.device)
-        feats = self.net.image_features(x)  # once per image, reused at every step
+        feats = self.image_features(x) if features is None else features  # once per image, every step
         flow = integrate(lambda t, z: self.velocity(z, x, t, feats), z0, steps or self.steps,
                          solver or self.solver, trajectory=True)
         for k, z in enumerate(flow, 1):

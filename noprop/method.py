@@ -110,10 +110,19 @@ class Method(nn.Module):
         return self.loss(x, y, blocks)
 
     # --- inference: images only ----------------------------------------------------------------
+    def image_features(self, x: torch.Tensor):
+        """What inference computes from the images alone, before any noise enters (the image paths).
+        In eval mode it is the same for every inference run and rule, so the evaluation computes it
+        once per batch and passes it to chain() and final_latent() as `features`: R runs then cost
+        one pass of the convolutions instead of R. None (the default): nothing to share, and
+        `features` is never passed (a method of your own need not accept it)."""
+        return None
+
     def final_latent(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
-                     steps: int | None = None, solver: str | None = None) -> torch.Tensor:
+                     steps: int | None = None, solver: str | None = None, features=None) -> torch.Tensor:
         """The latent the classifier reads (NoProp-DT: z_T of Eq. 3; CT/FM: z_1) from z_0 ~ N(0, I)."""
-        return last(self.chain(x, noise, generator, steps, solver)).z
+        shared = {} if features is None else {"features": features}
+        return last(self.chain(x, noise, generator, steps, solver, **shared)).z
 
     def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
               steps: int | None = None, solver: str | None = None) -> Iterator[ChainStep]:
@@ -127,8 +136,10 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
-                       steps: int | None = None, solver: str | None = None) -> torch.Tensor:
-        return self.classify(self.final_latent(x, noise, generator, steps, solver))
+                       steps: int | None = None, solver: str | None = None, features=None) -> torch.Tensor:
+        """Class scores of one inference run; features: image_features(x), where the caller has it."""
+        shared = {} if features is None else {"features": features}
+        return self.classify(self.final_latent(x, noise, generator, steps, solver, **shared))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,

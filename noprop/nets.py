@@ -133,12 +133,15 @@ class DTBlock(nn.Module):
             nn.Linear(128, num_classes),
         )
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """features: image_path(x), where the caller has it (inference shares it across runs)."""
+        if features is None:
+            features = self.image_path(x)
         if self.prototype:
             z = z.reshape(len(z), *self.image_shape)
             if x.is_contiguous(memory_format=torch.channels_last):
                 z = z.contiguous(memory_format=torch.channels_last)
-        return self.fuse(torch.cat([self.image_path(x), self.label_path(z)], dim=1))
+        return self.fuse(torch.cat([features, self.label_path(z)], dim=1))
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int = 64, scale: float = 1000.0) -> torch.Tensor:
