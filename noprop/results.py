@@ -327,21 +327,51 @@ def table_profile(r: dict) -> str:
     return "\n".join(out)
 
 
+def table_ceiling(r: dict) -> str:
+    """bench/conv_ceiling.py: each convolution of a DT block alone, the candidates for more
+    arithmetic per call, and the whole block step, as shares of the measured matmul peak."""
+    out = []
+    for p in r["rows"]:
+        out += [f"**{p['precision']}** (measured matmul peak {p['peak_gflops']:.0f} GFLOP/s; the convolutions are "
+                f"{100 * p['conv_share_of_block_flops']:.0f}% of a block step's FLOPs)", "",
+                "| forward + backward, batch 128 | ms per block | GFLOP/s | share of measured peak |",
+                "|---|---|---|---|"]
+        for x in p["layers"] + p["candidates"]:
+            out.append(f"| {x['what']} | {x.get('ms_per_block', x['ms']):.2f} | {x['gflops']:.0f} | "
+                       f"{100 * x['share_of_peak']:.0f}% |")
+        b = p["block_step"]
+        out += [f"| **{b['what']}** | {b['ms']:.2f} | {b['gflops']:.0f} | **{100 * b['share_of_peak']:.0f}%** |", ""]
+    return "\n".join(out)
+
+
+def table_two_process(r: dict) -> str:
+    """bench/two_process_ceiling.py: the speed-up two processes could reach with no communication."""
+    out = ["| method | precision | batch per process | images/s, one process, batch 128 "
+           "| images/s, one process, its batch | images/s, two at once (sum) | ceiling at 2 processes "
+           "| of which: batch size | sharing the machine |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        out.append(f"| {x['method']} | {x['precision']} | {x['rank_batch']} | {x['alone_batch128_images_per_s']:.0f} | "
+                   f"{x['alone_rank_batch_images_per_s']:.0f} | {sum(x['two_at_once_images_per_s']):.0f} | "
+                   f"**{x['ceiling']:.2f}x** | {x['batch_effect']:.2f} | {x['sharing_effect']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+# markers "PREFIX:FILE": a table of one result file of that kind
+PREFIXED = {"profile": table_profile, "bench": table_bench, "ceiling": table_ceiling, "twoproc": table_two_process}
+
+
 def render(name: str, results: dict[str, dict]) -> str | None:
-    """The generated text for a marker: a known table, a bench file's tables ("bench:FILE") or a
-    profile ("profile:FILE")."""
+    """The generated text for a marker: a known table, or the table of one result file of a kind
+    ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE")."""
     if name == "timing":
         return table_timing(results)
-    if name.startswith("profile:"):
-        file = name.split(":", 1)[1]
+    prefix, _, file = name.partition(":")
+    if file and prefix in PREFIXED:
         if file not in results:
             return None
-        return table_profile(results[file]) + "\n" + source_line(file, results[file])
-    if name.startswith("bench:"):
-        file = name.split(":", 1)[1]
-        if file not in results:
-            return None
-        return table_bench(results[file]) + "\n" + source_line(file, results[file])
+        table = PREFIXED[prefix](results[file])
+        return table + "\n" + source_line(file, results[file])
     if name not in TABLES or TABLES[name][0] not in results:
         return None
     file, fn = TABLES[name]

@@ -92,3 +92,68 @@ def test_workers_rows_run_real_workers_and_name_local_batchnorm():
     assert all(r["batchnorm_stats"] == "local" and len(r["peak_memory_mb_per_rank"]) == r["workers"] for r in rows)
     md = bench.markdown({"machine": machine.describe(), "workers": rows})
     assert "| cnn | 2 | 1 x 2, BatchNorm per shard | fp32 |" in md and "| cnn | 1 | 1 x 1 | fp32 |" in md
+
+
+def _bench_script(name: str):
+    """A script of bench/ as a module (importable by name, so that spawned processes find it too)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    folder = str(Path(__file__).resolve().parent.parent / "bench")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_the_im2col_candidate_computes_the_convolution_and_its_gradients():
+    """bench/conv_ceiling.py times an im2col + matmul convolution against oneDNN's: it must compute
+    the same function and gradients, or its time would compare nothing."""
+    import torch.nn.functional as F
+    Im2colConv = _bench_script("conv_ceiling").Im2colConv
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 7, 7, 6, dtype=torch.float64)
+    F.conv2d(x, w).backward(g)
+    xn = x.detach().permute(0, 2, 3, 1).contiguous().requires_grad_()
+    wn = w.detach().clone().requires_grad_()
+    out = Im2colConv.apply(xn, wn)
+    torch.testing.assert_close(out.permute(0, 3, 1, 2), F.conv2d(x, w))
+    out.backward(g.permute(0, 2, 3, 1))
+    torch.testing.assert_close(xn.grad.permute(0, 3, 1, 2), x.grad)
+    torch.testing.assert_close(wn.grad, w.grad)
+
+
+def test_ceiling_and_two_process_tables():
+    """The tables of bench/conv_ceiling.py and bench/two_process_ceiling.py, rendered from small
+    files: shares of the peak in per cent, the ceiling and its two factors."""
+    from noprop.results import render
+    m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 2, "torch": "2"}
+    layer = lambda what, ms, gf: {"what": what, "ms": ms, "ms_per_block": ms, "gflops": gf,  # noqa: E731
+                                  "share_of_peak": gf / 200}
+    ceiling = {"command": "python bench/conv_ceiling.py", "machine": m, "threads": 2, "rows": [
+        {"precision": "fp32", "peak_gflops": 200.0, "conv_share_of_block_flops": 0.91,
+         "layers": [layer("conv2", 10.0, 150.0)], "candidates": [layer("grouped", 12.0, 120.0)],
+         "block_step": {"what": "block step", "ms": 60.0, "gflops": 110.0, "share_of_peak": 0.55}}]}
+    out = render("ceiling:ceiling-avx2", {"ceiling-avx2": ceiling})
+    assert "peak 200 GFLOP/s" in out and "91% of a block step's FLOPs" in out
+    assert "| conv2 | 10.00 | 150 | 75% |" in out and "| grouped | 12.00 | 120 | 60% |" in out
+    assert "| **block step** | 60.00 | 110 | **55%** |" in out and "`results/ceiling-avx2.json`" in out
+    two = {"command": "python bench/two_process_ceiling.py", "machine": m, "threads": 1, "rows": [
+        {"method": "ct", "precision": "fp32", "rank_batch": 64, "alone_batch128_images_per_s": 1000.0,
+         "alone_rank_batch_images_per_s": 900.0, "two_at_once_images_per_s": [800.0, 760.0],
+         "ceiling": 1.56, "batch_effect": 0.9, "sharing_effect": 1560 / 1800}]}
+    out = render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
+    assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 |" in out
+    assert render("twoproc:missing", {}) is None
+
+
+@pytest.mark.slow
+def test_two_process_ceiling_runs_two_real_processes():
+    """bench/two_process_ceiling.py on NoProp-CT for a moment: one process, then two at once; the
+    ceiling is the two processes' images/s over one process's at batch 128."""
+    row = _bench_script("two_process_ceiling").measure("ct", "fp32", 0.3)
+    assert row["rank_batch"] == 64 and len(row["two_at_once_images_per_s"]) == 2
+    assert all(r > 0 for r in row["two_at_once_images_per_s"])
+    assert row["ceiling"] == pytest.approx(sum(row["two_at_once_images_per_s"]) / row["alone_batch128_images_per_s"])
+    assert row["ceiling"] == pytest.approx(2 * row["batch_effect"] * row["sharing_effect"])

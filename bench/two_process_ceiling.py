@@ -1,0 +1,93 @@
+"""The most two processes can gain on this machine, with no communication at all: each method's
+training step timed in one process alone, then in two processes at once (1 thread each, pinned to
+a core each, started together). A data-parallel rank steps on half the batch, so for the one-network
+methods the ceiling is 2 x (steps/s of batch 64, two at once) / (steps/s of batch 128 alone) in
+images; a NoProp-DT block group keeps batch 128. What `noprop bench --what workers` measures on top
+of this is the cost of the collectives. Writes results/two-process-ceiling-<cpu class>.json;
+`noprop results` renders its table in docs/performance.md.
+
+    python bench/two_process_ceiling.py [--methods dt ct fm backprop cnn] [--precision fp32 bf16] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from noprop import bench
+from noprop.checkpoint import atomic_write_text
+from noprop.machine import cpu_class, describe, provenance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker(core: int, method: str, precision: str, batch: int, seconds: float, barrier, queue) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core % os.cpu_count()})
+    torch.set_num_threads(1)
+    step, _, _ = bench._setup(method, "mnist", precision, True, batch)
+    for _ in range(3):
+        step()
+    barrier.wait()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        steps += 1
+    queue.put(batch * steps / (time.perf_counter() - t0))
+
+
+def images_per_s(method: str, precision: str, batch: int, processes: int, seconds: float) -> list[float]:
+    """Training images/s of each of `processes` processes stepping at once on their own core."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(i, method, precision, batch, seconds, barrier, queue))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    rates = [queue.get(timeout=600 + 10 * seconds) for _ in procs]
+    for p in procs:
+        p.join()
+    return rates
+
+
+def measure(method: str, precision: str, seconds: float) -> dict:
+    alone = images_per_s(method, precision, 128, 1, seconds)[0]
+    rank_batch = 128 if method == "dt" else 64  # a block group keeps the batch; a data shard halves it
+    half_alone = images_per_s(method, precision, rank_batch, 1, seconds)[0]
+    together = images_per_s(method, precision, rank_batch, 2, seconds)
+    row = {"method": method, "precision": precision, "rank_batch": rank_batch,
+           "alone_batch128_images_per_s": alone, "alone_rank_batch_images_per_s": half_alone,
+           "two_at_once_images_per_s": together, "ceiling": sum(together) / alone,
+           "batch_effect": half_alone / alone, "sharing_effect": sum(together) / (2 * half_alone)}
+    print(f"{method} {precision}: alone {alone:.0f} img/s at batch 128, {half_alone:.0f} at batch {rank_batch}; "
+          f"two at once "
+          f"{' + '.join(f'{r:.0f}' for r in together)}: ceiling {row['ceiling']:.2f}x")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=["dt", "ct", "fm", "backprop", "cnn"])
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    a = ap.parse_args()
+    rows = [measure(m, p, a.seconds) for p in a.precision for m in a.methods]
+    command = "python " + " ".join(shlex.quote(x) for x in ["bench/two_process_ceiling.py", *sys.argv[1:]])
+    out = {"study": "two-process-ceiling", "command": command,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
+           "threads": 1, "rows": rows}
+    path = ROOT / "results" / f"two-process-ceiling-{cpu_class()}.json"
+    atomic_write_text(path, json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
