@@ -89,6 +89,9 @@ def test_workers_rows_run_real_workers_and_name_local_batchnorm():
     rows = [bench.workers_throughput(w, "cnn", n_train=256, precision="fp32", batchnorm_stats="local")
             for w in (1, 2)]
     assert [r["workers"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
+    # two epochs ran; the second is the one timed (the first warms up)
+    assert all(r["timed_epoch"] == 2 and len(r["all_epochs_train_seconds"]) == 2 for r in rows)
+    assert all(r["images_per_s"] == pytest.approx(256 / r["all_epochs_train_seconds"][1]) for r in rows)
     assert all(r["batchnorm_stats"] == "local" and len(r["peak_memory_mb_per_rank"]) == r["workers"] for r in rows)
     md = bench.markdown({"machine": machine.describe(), "workers": rows})
     assert "| cnn | 2 | 1 x 2, BatchNorm per shard | fp32 |" in md and "| cnn | 1 | 1 x 1 | fp32 |" in md
@@ -142,9 +145,10 @@ def test_ceiling_and_two_process_tables():
     two = {"command": "python bench/two_process_ceiling.py", "machine": m, "threads": 1, "rows": [
         {"method": "ct", "precision": "fp32", "rank_batch": 64, "alone_batch128_images_per_s": 1000.0,
          "alone_rank_batch_images_per_s": 900.0, "two_at_once_images_per_s": [800.0, 760.0],
-         "ceiling": 1.56, "batch_effect": 0.9, "sharing_effect": 1560 / 1800}]}
+         "ceiling": 1.56, "batch_effect": 0.9, "sharing_effect": 1560 / 1800, "step_ms_two_at_once": 84.2,
+         "allreduce_values": 250_000, "allreduce_ms": 1.234}]}
     out = render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
-    assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 |" in out
+    assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 | 84.2 | 1.00 MB: 1.23 ms |" in out
     assert render("twoproc:missing", {}) is None
 
 
@@ -152,8 +156,16 @@ def test_ceiling_and_two_process_tables():
 def test_two_process_ceiling_runs_two_real_processes():
     """bench/two_process_ceiling.py on NoProp-CT for a moment: one process, then two at once; the
     ceiling is the two processes' images/s over one process's at batch 128."""
-    row = _bench_script("two_process_ceiling").measure("ct", "fp32", 0.3)
+    row = _bench_script("two_process_ceiling").measure("ct", "fp32", 0.3, repeats=1)
     assert row["rank_batch"] == 64 and len(row["two_at_once_images_per_s"]) == 2
     assert all(r > 0 for r in row["two_at_once_images_per_s"])
     assert row["ceiling"] == pytest.approx(sum(row["two_at_once_images_per_s"]) / row["alone_batch128_images_per_s"])
     assert row["ceiling"] == pytest.approx(2 * row["batch_effect"] * row["sharing_effect"])
+    tp = _bench_script("two_process_ceiling")
+    from noprop import models
+    from noprop.config import Config
+    schedule = models.build(Config(method="ct").validate(), (1, 28, 28), 10).schedule
+    # CT: its net (the paper's 0.87M), head, learned schedule and two flags; DT: only its head and the flags
+    assert tp.gradient_size("ct") == 867_722 + 110 + sum(p.numel() for p in schedule.parameters()) + 2
+    assert tp.gradient_size("dt") == 110 + 2
+    assert tp.allreduce_seconds([1000], repeats=3)[1000] > 0
