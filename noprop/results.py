@@ -344,16 +344,22 @@ def table_ceiling(r: dict) -> str:
     return "\n".join(out)
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.2f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} KB"
+
+
 def table_two_process(r: dict) -> str:
     """bench/two_process_ceiling.py: the speed-up two processes could reach with no communication."""
     out = ["| method | precision | batch per process | images/s, one process, batch 128 "
            "| images/s, one process, its batch | images/s, two at once (sum) | ceiling at 2 processes "
-           "| of which: batch size | sharing the machine |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| of which: batch size | sharing the machine | one step, two at once (ms) "
+           "| all-reduce of a step's gradient, timed apart |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         out.append(f"| {x['method']} | {x['precision']} | {x['rank_batch']} | {x['alone_batch128_images_per_s']:.0f} | "
                    f"{x['alone_rank_batch_images_per_s']:.0f} | {sum(x['two_at_once_images_per_s']):.0f} | "
-                   f"**{x['ceiling']:.2f}x** | {x['batch_effect']:.2f} | {x['sharing_effect']:.2f} |")
+                   f"**{x['ceiling']:.2f}x** | {x['batch_effect']:.2f} | {x['sharing_effect']:.2f} | "
+                   f"{x['step_ms_two_at_once']:.1f} | {_size(4 * x['allreduce_values'])}: {x['allreduce_ms']:.2f} ms |")
     return "\n".join(out) + "\n"
 
 

@@ -149,6 +149,8 @@ def test_ceiling_and_two_process_tables():
          "allreduce_values": 250_000, "allreduce_ms": 1.234}]}
     out = render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
     assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 | 84.2 | 1.00 MB: 1.23 ms |" in out
+    two["rows"][0].update(allreduce_values=112)  # NoProp-DT's head and two flags: in KB
+    assert "| 0.4 KB: 1.23 ms |" in render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
     assert render("twoproc:missing", {}) is None
 
 
