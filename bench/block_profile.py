@@ -10,18 +10,14 @@ class. Writes results/profile-<cpu class>.json; `noprop results` renders bench/p
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from noprop import bench, nets
-from noprop.checkpoint import atomic_write_text
-from noprop.machine import cpu_class, describe, provenance
+from noprop.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,13 +65,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     precisions = a.precision or bench.default_precisions()[0]
     rows = [measure(v, p, a.steps) for p in precisions for v in ("before", "after")]
-    command = "python " + " ".join(shlex.quote(x) for x in ["bench/block_profile.py", *sys.argv[1:]])
-    out = {"study": "profile", "command": command,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
-           "threads": a.threads, "rows": rows}
-    path = ROOT / "results" / f"profile-{cpu_class()}.json"
-    atomic_write_text(path, json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    save_study(ROOT, "profile", "bench/block_profile.py", sys.argv[1:], {"threads": a.threads, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,18 +13,14 @@ Writes results/ceiling-<cpu class>.json; `noprop results` renders its table in b
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from noprop import bench
-from noprop.checkpoint import atomic_write_text
-from noprop.machine import cpu_class, describe, provenance
+from noprop.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, T = 128, 10
@@ -125,13 +121,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     precisions = a.precision or bench.default_precisions()[0]
     rows = [measure(p) for p in precisions]
-    command = "python " + " ".join(shlex.quote(x) for x in ["bench/conv_ceiling.py", *sys.argv[1:]])
-    out = {"study": "ceiling", "command": command,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
-           "threads": a.threads, "rows": rows}
-    path = ROOT / "results" / f"ceiling-{cpu_class()}.json"
-    atomic_write_text(path, json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    save_study(ROOT, "ceiling", "bench/conv_ceiling.py", sys.argv[1:], {"threads": a.threads, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from noprop.checkpoint import atomic_write_text
-from noprop.machine import cpu_class, describe, provenance
+from noprop.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,13 +72,8 @@ def main() -> None:
             summary = [x for x in out.splitlines() if re.search(r"\d+ passed", x)]
             rows.append({"what": f"make {target} (pytest)", "command": shown(cmd),
                          "seconds": seconds, "returncode": code, "printed": summary[-1] if summary else out[-500:]})
-    res = {"study": "timing", "command": "python " + " ".join(["bench/timing.py", *sys.argv[1:]]),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
-           "rows": rows}
-    path = ROOT / "results" / f"timing-{cpu_class()}.json"
-    atomic_write_text(path, json.dumps(res, indent=1))
     print(json.dumps(rows, indent=1))
-    print(f"wrote {path}")
+    save_study(ROOT, "timing", "bench/timing.py", sys.argv[1:], {"rows": rows})
 
 
 if __name__ == "__main__":

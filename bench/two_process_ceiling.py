@@ -14,10 +14,8 @@ timed alone, between two pinned processes. Writes results/two-process-ceiling-<c
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,8 +23,7 @@ from pathlib import Path
 import torch
 
 from noprop import bench
-from noprop.checkpoint import atomic_write_text
-from noprop.machine import cpu_class, describe, provenance
+from noprop.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,13 +139,8 @@ def main() -> None:
                  step_ms_two_at_once=1e3 * r["rank_batch"] / min(r["two_at_once_images_per_s"]))
         print(f"{r['method']}: all-reduce of {4 * n / 1e6:.2f} MB: {r['allreduce_ms']:.2f} ms "
               f"(a step of two at once: {r['step_ms_two_at_once']:.1f} ms)")
-    command = "python " + " ".join(shlex.quote(x) for x in ["bench/two_process_ceiling.py", *sys.argv[1:]])
-    out = {"study": "two-process-ceiling", "command": command,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance(), "machine": describe(),
-           "threads": 1, "rows": rows}
-    path = ROOT / "results" / f"two-process-ceiling-{cpu_class()}.json"
-    atomic_write_text(path, json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    save_study(ROOT, "two-process-ceiling", "bench/two_process_ceiling.py", sys.argv[1:],
+               {"threads": 1, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
+import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
@@ -22,6 +24,19 @@ from .report import PAPER_TABLE1, seed_stats
 
 CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
                "avx2": "AVX2/FMA", "other": "other"}
+
+
+def save_study(root: Path, study: str, script: str, argv: list[str], fields: dict) -> Path:
+    """Write a bench script's result file, root/results/<study>-<cpu class>.json: the command that
+    ran (`python SCRIPT ARGS`), when, the commit and the machine, then the script's own fields."""
+    from .machine import cpu_class, describe, provenance
+    command = "python " + " ".join(shlex.quote(x) for x in [script, *argv])
+    out = {"study": study, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           **provenance(), "machine": describe(), **fields}
+    path = Path(root) / "results" / f"{study}-{cpu_class()}.json"
+    atomic_write_text(path, json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    return path
 
 
 def load_results(folder: Path) -> dict[str, dict]:
@@ -267,16 +282,11 @@ def table_bench(r: dict) -> str:
 
 
 def _timing_what(row: dict) -> str:
-    """What a timed command is, named by the command itself (the Makefile's targets have been renamed
-    since some files were written: `make test` now runs what `make test-fast` ran)."""
-    cmd = row["command"]
-    if "pytest" not in cmd:
-        return row["what"]
-    if "-m 'not slow'" in cmd:
+    """What a timed command is: bench/timing.py names it by its Makefile target; `make test` is
+    the suite less the slow tests, which the table says."""
+    if "-m 'not slow'" in row["command"]:
         return "make test (pytest: the suite less the slow tests)"
-    if "-m slow" in cmd:
-        return "make test-slow (pytest)"
-    return "the whole suite in one pytest (CI runs it as make test, then make test-slow)"
+    return row["what"]
 
 
 def table_timing(results: dict[str, dict]) -> str | None:

@@ -171,3 +171,18 @@ def test_two_process_ceiling_runs_two_real_processes():
     assert tp.gradient_size("ct") == 867_722 + 110 + sum(p.numel() for p in schedule.parameters()) + 2
     assert tp.gradient_size("dt") == 110 + 2
     assert tp.allreduce_seconds([1000], repeats=3)[1000] > 0
+
+
+def test_a_bench_script_result_file_names_its_command_commit_machine_and_class(tmp_path, monkeypatch):
+    """results.save_study, which every bench script writes its file with: results/<study>-<class>.json
+    holding the command as typed, the commit, the machine, then the script's own fields."""
+    from noprop import results
+    monkeypatch.setattr(machine, "cpu_class", lambda flags=None: "avx2")
+    (tmp_path / "results").mkdir()
+    path = results.save_study(tmp_path, "ceiling", "bench/conv_ceiling.py", ["--threads", "2", "a b"],
+                              {"threads": 2, "rows": [1]})
+    assert path == tmp_path / "results" / "ceiling-avx2.json"
+    r = json.loads(path.read_text())
+    assert r["study"] == "ceiling" and r["command"] == "python bench/conv_ceiling.py --threads 2 'a b'"
+    assert r["rows"] == [1] and r["threads"] == 2 and "git_commit" in r and r["machine"]["cores"] >= 1
+    assert list(r)[:3] == ["study", "command", "created"]
