@@ -122,14 +122,16 @@ RULES = ("stochastic", "no-noise", "ensemble")
 
 
 def rules_accuracy(model: Method, split: Split, runs: int = 5, ensemble: int = 10, seed: int = 0,
-                   rules=RULES, **kw) -> dict[str, dict]:
+                   rules=RULES, ensemble_runs: int | None = None, **kw) -> dict[str, dict]:
     """Every inference rule on one split: {rule: {"runs": [...], "mean": m, "se": s}}; the
-    ensemble rule's key names its K (e.g. "ensemble-10"). Run r of every rule has seed seed + r.
-    Methods without noise (cnn) give the same number under every rule. All rules' runs go through
-    the split together (predict_proba_runs), sharing each batch's image features."""
+    ensemble rule's key names its K (e.g. "ensemble-10") and it makes `ensemble_runs` runs (default:
+    `runs`). Run r of every rule has seed seed + r. Methods without noise (cnn) give the same number
+    under every rule. All rules' runs go through the split together (predict_proba_runs), sharing
+    each batch's image features."""
     keys = {rule: f"ensemble-{ensemble}" if rule == "ensemble" else rule for rule in rules}
+    n_runs = {rule: ensemble_runs if rule == "ensemble" and ensemble_runs is not None else runs for rule in rules}
     plan = [(keys[rule], Run(rule != "no-noise", seed + r, ensemble if rule == "ensemble" else 1))
-            for rule in rules for r in range(runs)]
+            for rule in rules for r in range(n_runs[rule])]
     probs = predict_proba_runs(model, split, [run for _, run in plan], **kw)
     out = {}
     for key in keys.values():

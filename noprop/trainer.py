@@ -415,11 +415,10 @@ def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, tra
 
     The same rules are also scored on the validation split (one run each), and the best of them there
     is named "rule_chosen_on_val": which rule to trust for this model is chosen without the test set."""
-    def every_rule(split, runs: int, ensemble_runs: int) -> dict:
-        res = rules_accuracy(model, split, runs, 1, seed, ("stochastic", "no-noise"))
-        if ensemble:
-            res.update(rules_accuracy(model, split, ensemble_runs, ensemble, seed, ("ensemble",)))
-        return res
+    rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
+
+    def every_rule(split, runs: int, ensemble_runs: int) -> dict:  # one pass: each batch's features once
+        return rules_accuracy(model, split, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs)
     out = {"test": every_rule(data.test, runs, ensemble_runs)}
     if len(data.val):
         out["val"] = every_rule(data.val, 1, 1)

@@ -73,3 +73,17 @@ def test_rules_accuracy_runs_seed_plus_r_under_each_rule():
     probs = predict_proba_runs(model, split, [Run(True, 8), Run(True, 8, ensemble=2)], autocast_dtype=None)
     acc = [100.0 * (p.argmax(-1) == split.y).float().mean().item() for p in probs]
     assert res["stochastic"]["runs"][1] == acc[0] and res["ensemble-2"]["runs"][1] == acc[1]
+
+
+def test_the_ensemble_rule_takes_its_own_run_count_in_the_same_pass():
+    """final_evaluation's rules with an ensemble of K = 2 over one run, beside 3 runs of the others:
+    one pass over the split (the image path once per batch), each rule its own number of runs."""
+    model, split = _model("dt"), _split()
+    calls = [0]
+    model.blocks[0].image_path.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    res = rules_accuracy(model, split, runs=3, ensemble=2, rules=("stochastic", "no-noise", "ensemble"),
+                         ensemble_runs=1)
+    assert [len(res[k]["runs"]) for k in ("stochastic", "no-noise", "ensemble-2")] == [3, 3, 1]
+    assert calls == [3]  # 40 images in batches of 16
+    alone = rules_accuracy(model, split, runs=1, ensemble=2, rules=("ensemble",))
+    assert alone["ensemble-2"]["runs"] == res["ensemble-2"]["runs"]
