@@ -416,12 +416,10 @@ def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, tra
     The same rules are also scored on the validation split (one run each), and the best of them there
     is named "rule_chosen_on_val": which rule to trust for this model is chosen without the test set."""
     rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
-
-    def every_rule(split, runs: int, ensemble_runs: int) -> dict:  # one pass: each batch's features once
-        return rules_accuracy(model, split, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs)
-    out = {"test": every_rule(data.test, runs, ensemble_runs)}
+    # one pass over each split for all its rules: each batch's image features are computed once
+    out = {"test": rules_accuracy(model, data.test, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs)}
     if len(data.val):
-        out["val"] = every_rule(data.val, 1, 1)
+        out["val"] = rules_accuracy(model, data.val, 1, ensemble, seed, rules, ensemble_runs=1)
         # ties (methods without noise score alike under every rule) go to the paper's rule, listed first
         out["rule_chosen_on_val"] = max(out["val"], key=lambda r: out["val"][r]["mean"])
     if train_images:  # one inference run: the spread that matters here is the seeds'
