@@ -9,6 +9,11 @@
 
 A folder that already holds a run is never overwritten unless the run is resumed; a failed write
 (a full disk) stops the run by name and leaves the previous files intact.
+
+train_state.safetensors is the commit point: each save writes it first and the files derived from
+it (last, best, metrics) after. A kill between the writes leaves them one save behind the state (or
+absent after the first); a resume writes them again from the state (complete_save), so a resumed
+run's folder is the one an uninterrupted run writes, whichever moment the kill hit.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from . import checkpoint, models
 from .checkpoint import CheckpointError
@@ -65,10 +72,13 @@ class RunFolder:
     def write_config(self, cfg) -> None:
         checkpoint.atomic_write_text(self.path / CONFIG, cfg.to_json())
 
-    def save(self, state: dict, model, epoch: int, best: bool, history: list[dict]) -> None:
+    def save(self, state: dict | None, model, epoch: int, best: bool, history: list[dict],
+             only: list[str] | None = None) -> None:
         try:
-            checkpoint.save(self.path / STATE, state)
-            models.save(self.path / LAST, model, epoch)
+            if state is not None:  # None: complete_save, the state is already on disk
+                checkpoint.save(self.path / STATE, state)
+            if only is None or LAST in only:
+                models.save(self.path / LAST, model, epoch)
             if best:
                 models.save(self.path / BEST, model, epoch)
             checkpoint.atomic_write_text(self.path / METRICS, "".join(json.dumps(h) + "\n" for h in history))
@@ -77,8 +87,30 @@ class RunFolder:
                               f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
                               "rerun with --resume") from e
 
+    def complete_save(self, model, epoch: int, history: list[dict]) -> None:
+        """Write again what the save of the resumed state writes after the state itself (see the
+        module docstring), where it is missing or differs from the state: the weights, the best
+        weights if that save found a new best, the log. Files the save did finish stay untouched."""
+        vals = [h.get("val_acc", float("nan")) for h in history]
+        # the trainer's rule: an epoch is best when its validation accuracy beats every earlier one
+        best = bool(vals) and vals[-1] > max([-1.0] + [v for v in vals[:-1] if v == v])
+        stale = [f for f in ((LAST, BEST) if best else (LAST,)) if not _holds(self.path / f, model)]
+        log = "".join(json.dumps(h) + "\n" for h in history)
+        if stale or not (self.path / METRICS).exists() or (self.path / METRICS).read_text() != log:
+            self.save(None, model, epoch, BEST in stale, history, only=stale)
+
     def write_result(self, result: dict) -> None:
         checkpoint.atomic_write_text(self.path / RESULT, json.dumps(result, indent=2))
+
+
+def _holds(path: Path, model) -> bool:
+    """Whether the weights file at path exists and holds exactly the model's weights."""
+    try:
+        weights, _ = checkpoint.load_weights(path)
+    except CheckpointError:  # missing (or, against the atomic writes, unreadable): write it again
+        return False
+    own = model.state_dict()
+    return weights.keys() == own.keys() and all(torch.equal(weights[k], own[k].cpu()) for k in own)
 
 
 __all__ = ["RunFolder", "RunDirError", "CheckpointError", "LAST", "BEST", "STATE", "CONFIG", "METRICS", "RESULT"]

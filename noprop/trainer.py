@@ -119,6 +119,8 @@ class Trainer:
             state = self.folder.claim(resume, self.dist.main)
             if state is not None:
                 self.load_state(state)
+                if self.dist.main:
+                    self.folder.complete_save(self.model, self.epoch, self.history)
             if self.dist.main:
                 self.folder.write_config(self.cfg)
         except (RunDirError, CheckpointError) as e:

@@ -93,6 +93,40 @@ def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path, mnist):
     assert (tmp_path / "b" / BEST).exists()
 
 
+def test_resume_completes_a_save_cut_short_after_the_train_state(tmp_path, mnist):
+    """A kill between the train state's write (the commit point) and the files derived from it
+    leaves last/best/metrics one save behind, or absent after the first save: the resume writes
+    them again from the state, so the folder ends as an uninterrupted run's."""
+    from noprop.runfolder import STATE
+    data = tiny(mnist)
+    straight = Trainer(tiny_cfg(epochs=2), data, tmp_path / "a", quiet=True)
+    straight.fit(log=None)
+    b = tmp_path / "b"
+    Trainer(tiny_cfg(epochs=2), data, b, quiet=True).fit(log=None, stop=lambda history: True)  # 1 epoch
+    behind = {f: (b / f).read_bytes() for f in (LAST, BEST, METRICS)}
+    Trainer(tiny_cfg(epochs=2), data, b, quiet=True).fit(resume=True, log=None)
+    for f, content in behind.items():  # the second save wrote its state, then the kill came
+        (b / f).write_bytes(content)
+    assert checkpoint.load(b / STATE)["epoch"] == 2 and load(b / LAST).checkpoint_metadata["epoch"] == 1
+    Trainer(tiny_cfg(epochs=2), data, b, quiet=True).fit(resume=True, log=None)
+    for folder in (tmp_path / "a", b):
+        model = load(folder / LAST)
+        assert model.checkpoint_metadata["epoch"] == 2
+        for (n, p), (_, q) in zip(model.state_dict().items(), straight.model.state_dict().items()):
+            assert torch.equal(p, q), n
+    assert (b / METRICS).read_text().count("\n") == 2
+    assert load(b / BEST).checkpoint_metadata["epoch"] == load(tmp_path / "a" / BEST).checkpoint_metadata["epoch"]
+    # killed inside the first save: the state alone is enough to continue
+    c = tmp_path / "c"
+    Trainer(tiny_cfg(epochs=2), data, c, quiet=True).fit(log=None, stop=lambda history: True)
+    for f in (LAST, BEST, METRICS):
+        (c / f).unlink()
+    Trainer(tiny_cfg(epochs=2), data, c, quiet=True).fit(resume=True, log=None)
+    model = load(c / LAST)
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), straight.model.state_dict().values()))
+    assert (c / METRICS).read_text().count("\n") == 2
+
+
 def test_existing_run_is_not_overwritten(tmp_path, mnist):
     data = tiny(mnist)
     Trainer(tiny_cfg(), data, tmp_path / "r", quiet=True).fit(log=None)
