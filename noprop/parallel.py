@@ -156,6 +156,9 @@ def shutdown(wait: bool = True) -> None:
     if dist.is_initialized():
         if wait:
             long_wait()
+        for hs in _host_sums.values():
+            hs.close()
+        _host_sums.clear()
         dist.destroy_process_group()
 
 
@@ -188,6 +191,28 @@ def agree(d: Dist, error: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+_host_sums: dict = {}  # process group (None: the world) -> its HostSum, where the ranks share a machine
+
+
+def sum_(t: torch.Tensor, group=None) -> None:
+    """Sum t over the group's ranks in place (blocking): through shared memory where the group has
+    a HostSum (noprop/hostsum.py), else through the backend's all-reduce."""
+    hs = _host_sums.get(group)
+    if hs is None or not hs.sum_(t):
+        dist.all_reduce(t, group=group)
+
+
+def _host_sum_hook(hs, bucket):  # no return annotation: DDP checks it, and these are strings here
+    """DistributedDataParallel's communication through a HostSum: the bucket's mean over the ranks,
+    as DDP's own hook computes it."""
+    buf = bucket.buffer()
+    if not hs.sum_(buf):
+        dist.all_reduce(buf, group=hs.group)
+    fut = torch.futures.Future()
+    fut.set_result(buf.div_(hs.world))
+    return fut
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over a process group, differentiable: d(sum_r x_r)/dx_r = 1, so the gradient of each
     rank's input is the sum over ranks of the output's gradient."""
@@ -196,13 +221,13 @@ class _AllReduceSum(torch.autograd.Function):
     def forward(ctx, x, group):
         ctx.group = group
         x = x.clone()
-        dist.all_reduce(x, group=group)
+        sum_(x, group)
         return x
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
+        sum_(grad, ctx.group)
         return grad, None
 
 
@@ -281,13 +306,34 @@ class Collectives:
         self.shared = model.shared_parameters()
         if d.shards > 1 and batchnorm_stats == "global":
             SyncBatchNorm1d.convert(model, bn_group)
+        if device.type == "cpu":
+            self._host_sums(model, bn_group if batchnorm_stats == "global" else None)
+
+    def _host_sums(self, model, bn_group) -> None:
+        """Shared-memory sums for the groups whose ranks share this machine (each group's ranks
+        set theirs up together; hostsum.HostSum.create says where it cannot be used)."""
+        from .hostsum import HostSum
+        wait = timeout().total_seconds()
+        grads = sum(p.numel() for p in model.parameters()) * 4
+        flags = 2 * 4
+        _host_sums[None] = HostSum.create(dist.group.WORLD, sum(p.numel() for p in self.shared) * 4 + flags, wait)
+        if self.d.shards > 1:
+            _host_sums[self.shard_group] = HostSum.create(self.shard_group, grads, wait)
+            widths = [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+            if bn_group is not None and widths:  # sums of x and x^2 and the count, float64
+                _host_sums[bn_group] = HostSum.create(bn_group, (2 * max(widths) + 1) * 8, wait)
+        for group in [g for g, hs in _host_sums.items() if hs is None]:
+            del _host_sums[group]
 
     def wrap(self, model):
         """The module whose forward computes the loss: DDP over the shards for a one-network method."""
         if self.d.shards > 1 and model.num_blocks == 1:
             from torch.nn.parallel import DistributedDataParallel
-            return DistributedDataParallel(model, process_group=self.shard_group, broadcast_buffers=False,
-                                           find_unused_parameters=type(model).find_unused_parameters)
+            ddp = DistributedDataParallel(model, process_group=self.shard_group, broadcast_buffers=False,
+                                          find_unused_parameters=type(model).find_unused_parameters)
+            if self.shard_group in _host_sums:
+                ddp.register_comm_hook(_host_sums[self.shard_group], _host_sum_hook)
+            return ddp
         return model
 
     # --- every step ------------------------------------------------------------------------------
@@ -297,12 +343,16 @@ class Collectives:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared]
         flags = torch.tensor([float(bad), float(contributed)], device=self.device)
         flat = torch.cat([_flat(grads).to(self.device), flags])
+        if None in _host_sums:  # through shared memory: done at once
+            sum_(flat)
+            return flat, None
         return flat, dist.all_reduce(flat, async_op=True)
 
     def finish_shared(self, handle) -> bool:
         """Wait for start_shared's all-reduce, set the averaged gradients; True if any rank diverged."""
         flat, work = handle
-        work.wait()
+        if work is not None:
+            work.wait()
         if flat[-2] > 0:
             return True
         if self.shared:
@@ -315,13 +365,17 @@ class Collectives:
             return None
         params = self.model.block_parameters(t)
         flat = _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+        if self.shard_group in _host_sums:
+            sum_(flat, self.shard_group)
+            return params, flat, None
         return params, flat, dist.all_reduce(flat, group=self.shard_group, async_op=True)
 
     def finish_block(self, handle) -> None:
         if handle is None:
             return
         params, flat, work = handle
-        work.wait()
+        if work is not None:
+            work.wait()
         _unflat_into_grads(flat / self.d.shards, params)
 
     # --- every epoch -----------------------------------------------------------------------------

@@ -21,8 +21,8 @@ TINY = ["-T", "4", "--train-subset", "512", "--val-subset", "64", "--test-subset
         "--threads", "1", "--quiet"]
 
 
-def noprop(*args, timeout=300, **kw):
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+def noprop(*args, timeout=300, env=None, **kw):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     return subprocess.run([sys.executable, "-m", "noprop", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
@@ -162,19 +162,22 @@ def assert_same_updates(start: dict, a: dict, b: dict, rtol: float, keys=None) -
     assert checked > 0
 
 
-@pytest.mark.parametrize("method", ["fm", "ct", "adjoint", "backprop", "cnn", "dt"])
-def test_two_data_shards_make_the_update_of_one_process_with_the_global_batch(tmp_path, method):
+@pytest.mark.parametrize("method,host_sum", [("fm", "1"), ("ct", "1"), ("adjoint", "1"), ("backprop", "1"),
+                                             ("cnn", "1"), ("dt", "1"), ("backprop", "0")])
+def test_two_data_shards_make_the_update_of_one_process_with_the_global_batch(tmp_path, method, host_sum):
     """2 ranks with batch B each make the same update as 1 rank with batch 2B (B = 32): the data,
     the noise (deterministic mode draws it for the global batch) and BatchNorm's statistics are
     the global batch's, and the gradients are averaged. One step (DT: one step of each block, here
     all in one group of 2 shards). SGD: its update is linear in the gradient, where Adam's first step
     is the gradient's sign, which turns float rounding in gradients that are zero in exact
-    arithmetic (biases before a BatchNorm) into +-lr."""
+    arithmetic (biases before a BatchNorm) into +-lr. The ranks' sums go through shared memory
+    (noprop/hostsum.py) or, with NOPROP_HOST_SUM=0, through gloo (as between machines)."""
     extra = ["--optimizer", "sgd", "--lr", "0.05"] + (["-T", "3", "--block-groups", "1"] if method == "dt" else [])
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        r = noprop("train", "--method", method, *ONE_BATCH, *extra, "--workers", str(workers), "--out", str(out))
+        r = noprop("train", "--method", method, *ONE_BATCH, *extra, "--workers", str(workers), "--out", str(out),
+                   env={"NOPROP_HOST_SUM": host_sum})
         assert r.returncode == 0, r.stderr
         outs[workers] = checkpoint.load_weights(out / "last.safetensors")[0]
     start = initial_weights(method, optimizer="sgd", lr=0.05, **({"T": 3} if method == "dt" else {}))

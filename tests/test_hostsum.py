@@ -1,0 +1,138 @@
+"""The shared-memory sum (noprop/hostsum.py) with real processes joined by gloo on 127.0.0.1: the
+same bits as gloo's all-reduce on every rank, the fall-backs, no file left in /dev/shm, a clear
+error when a rank never arrives, and the trainer's collectives actually using it."""
+
+import os
+import platform
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from noprop import hostsum
+from noprop.parallel import free_port
+
+pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                                reason="the shared-memory sum is used on x86-64 only (its memory order)")
+
+
+def _join(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _run(fn, world, *args):
+    """Run fn(rank, world, queue, *args) in `world` processes; return each rank's queued result."""
+    ctx = mp.get_context("spawn")
+    q = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, q, args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out = dict(q.get() for _ in procs)
+    for p in procs:
+        p.join(60)
+    errors = [v for v in out.values() if isinstance(v, str) and v.startswith("Traceback")]
+    assert not errors, errors[0]
+    return [out[r] for r in range(world)]
+
+
+def _entry(fn, rank, world, port, q, args):
+    try:
+        _join(rank, world, port)
+        q.put((rank, fn(rank, world, *args)))
+        dist.destroy_process_group()
+    except BaseException:
+        q.put((rank, traceback.format_exc()))
+
+
+def _sums(rank, world):
+    before = set(os.listdir(hostsum.SHM))
+    hs = hostsum.HostSum.create(dist.group.WORLD, capacity=4096 * 8, timeout_s=60)
+    dist.barrier()
+    leftover = [f for f in set(os.listdir(hostsum.SHM)) - before if f.startswith("noprop-sum")]
+    results = []
+    g = torch.Generator().manual_seed(rank)
+    for dtype, n in [(torch.float32, 1), (torch.float32, 4096), (torch.float64, 33), (torch.bfloat16, 1000),
+                     (torch.float32, 4096 * 2 + 1)]:
+        x = torch.randn(n, generator=g).to(dtype)
+        ref = x.clone()
+        dist.all_reduce(ref)
+        used = hs.sum_(x)
+        if not used:
+            dist.all_reduce(x)
+        results.append((used, torch.equal(x, ref), x))
+    hs.close()
+    return leftover, results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_sum_equals_glooss_on_every_rank_and_big_tensors_fall_back(world):
+    ranks = _run(_sums, world)
+    assert ranks[0][0] == []  # rank 0 made the file and unlinked it once every rank had mapped it
+    for _, results in ranks:
+        assert [used for used, _, _ in results] == [True, True, True, True, False]  # the last exceeds the slots
+        if world == 2:  # two addends: a + b = b + a, so gloo's bits; with 3 the order may differ
+            assert all(same for _, same, _ in results)
+        else:
+            assert all(torch.allclose(x.double(), ref.double(), rtol=1e-2, atol=1e-2)
+                       for (_, _, x), ref in zip(results, [r[2] for r in ranks[0][1]]))
+    for i in range(len(ranks[0][1])):  # every rank holds the same bits
+        assert all(torch.equal(ranks[0][1][i][2], r[1][i][2]) for r in ranks)
+
+
+def _disabled(rank, world):
+    os.environ["NOPROP_HOST_SUM"] = "0" if rank == 1 else "1"
+    return hostsum.HostSum.create(dist.group.WORLD, 64, 60) is None
+
+
+def test_turned_off_on_any_rank_means_gloo_on_all():
+    assert _run(_disabled, 2) == [True, True]
+
+
+def _one_rank_stays_away(rank, world):
+    hs = hostsum.HostSum.create(dist.group.WORLD, 64, timeout_s=1.0)
+    if rank == 0:
+        try:
+            hs.sum_(torch.ones(4))
+        except Exception as e:  # noqa: BLE001 (the test looks at what it is)
+            return type(e).__name__, str(e)
+        return None
+    return "away"
+
+
+def test_a_rank_that_never_arrives_is_an_error_after_the_timeout():
+    name, message = _run(_one_rank_stays_away, 2)[0]
+    assert name == "DistributedError" and "NOPROP_DIST_TIMEOUT" in message
+
+
+def _trainer_collectives(rank, world, method):
+    from noprop import parallel
+    from noprop.config import Config
+    from noprop.models import build
+    cfg = Config(method=method, T=3).validate()
+    model = build(cfg, (1, 28, 28), 10)
+    bn_layers = sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    d = parallel.Dist(rank, world, 1)
+    sync = parallel.Collectives(d, model, torch.device("cpu"))
+    names = {None: "world", sync.shard_group: "shard"}
+    # the sums made through shared memory by one training step of the wrapped model, per group
+    before = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    fwd = sync.wrap(model)
+    parts = fwd(x, y, None if model.num_blocks == 1 else [1, 2, 3])
+    parts["loss"].backward()
+    after = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    return {k: after[k] - before[k] for k in after}, bn_layers
+
+
+@pytest.mark.parametrize("method", ["backprop", "ct"])
+def test_the_trainers_collectives_go_through_shared_memory(method):
+    for calls, bn_layers in _run(_trainer_collectives, 2, method):
+        assert set(calls) == ({"batchnorm", "shard", "world"} if bn_layers else {"shard", "world"})
+        assert calls["shard"] >= 1  # DistributedDataParallel's buckets, through the comm hook
+        assert calls.get("batchnorm", 0) == 2 * bn_layers  # each synchronised layer, forward and backward
+    assert (bn_layers > 0) == (method == "backprop")
