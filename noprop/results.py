@@ -373,13 +373,25 @@ def table_two_process(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def table_collectives(r: dict) -> str:
+    """bench/collective_latency.py: one sum over two ranks, gloo against shared memory."""
+    out = ["| what is summed | size | gloo all-reduce (ms) | shared-memory sum (ms) | gloo / shared memory |",
+           "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        shm = x.get("shared_memory_ms")
+        out.append(f"| {x['what']} | {_size(x['bytes'])} | {x['gloo_ms']:.3f} | "
+                   + (f"{shm:.3f} | {x['gloo_ms'] / shm:.1f}x |" if shm else "not available | – |"))
+    return "\n".join(out) + "\n"
+
+
 # markers "PREFIX:FILE": a table of one result file of that kind
-PREFIXED = {"profile": table_profile, "bench": table_bench, "ceiling": table_ceiling, "twoproc": table_two_process}
+PREFIXED = {"profile": table_profile, "bench": table_bench, "ceiling": table_ceiling, "twoproc": table_two_process,
+            "sums": table_collectives}
 
 
 def render(name: str, results: dict[str, dict]) -> str | None:
     """The generated text for a marker: a known table, or the table of one result file of a kind
-    ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE")."""
+    ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE", "sums:FILE")."""
     if name == "timing":
         return table_timing(results)
     prefix, _, file = name.partition(":")

@@ -154,6 +154,20 @@ def test_ceiling_and_two_process_tables():
     assert render("twoproc:missing", {}) is None
 
 
+def test_collectives_table():
+    """bench/collective_latency.py's table: both columns and their ratio, and a machine where the
+    shared-memory sum was not available says so."""
+    from noprop.results import render
+    m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 2, "torch": "2"}
+    r = {"command": "python bench/collective_latency.py", "machine": m, "threads": 1, "rows": [
+        {"what": "status word", "values": 2, "bytes": 8, "gloo_ms": 0.44, "shared_memory_ms": 0.022},
+        {"what": "ct gradient", "values": 867_000, "bytes": 3_468_000, "gloo_ms": 4.0}]}
+    out = render("sums:collectives-avx2", {"collectives-avx2": r})
+    assert "| status word | 0.0 KB | 0.440 | 0.022 | 20.0x |" in out
+    assert "| ct gradient | 3.47 MB | 4.000 | not available | – |" in out
+    assert "`results/collectives-avx2.json`" in out
+
+
 @pytest.mark.slow
 def test_two_process_ceiling_runs_two_real_processes():
     """bench/two_process_ceiling.py on NoProp-CT for a moment: one process, then two at once; the

@@ -1,0 +1,96 @@
+"""What one sum over two ranks on this machine costs: gloo's all-reduce (TCP on the loopback
+address) against the shared-memory sum (noprop/hostsum.py) that ranks on one machine use instead.
+Two processes, one thread each, pinned to a core each, doing nothing else; the sizes are those a
+training step sums: the status word, a synchronised BatchNorm layer's statistics, the gradients of
+the one-network methods. Writes results/collectives-<cpu class>.json; `noprop results` renders its
+table in docs/performance.md.
+
+    python bench/collective_latency.py [--repeats 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from noprop.results import save_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sizes() -> list[tuple[str, int, torch.dtype]]:
+    """(what, values, dtype) for each sum a training step makes."""
+    from noprop import models
+    from noprop.config import Config
+    out = [("status word (2 flags)", 2, torch.float32),
+           ("one BatchNorm layer's statistics (256 channels)", 2 * 256 + 1, torch.float64)]
+    for method in ("ct", "cnn", "backprop"):
+        model = models.build(Config(method=method).validate(), (1, 28, 28), 10)
+        out.append((f"{method}: a step's gradient", sum(p.numel() for p in model.parameters()), torch.float32))
+    return out
+
+
+def _worker(rank: int, port: int, repeats: int, queue) -> None:
+    import torch.distributed as dist
+
+    from noprop.hostsum import HostSum
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {rank % os.cpu_count()})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    todo = sizes()
+    capacity = max(n * torch.empty(0, dtype=d).element_size() for _, n, d in todo)
+    hs = HostSum.create(dist.group.WORLD, capacity, timeout_s=300)
+    out = []
+    for what, n, dtype in todo:
+        row = {"what": what, "values": n, "bytes": n * torch.empty(0, dtype=dtype).element_size()}
+        for name, fn in (("gloo", dist.all_reduce), ("shared_memory", hs.sum_ if hs else None)):
+            if fn is None:
+                continue
+            x = torch.randn(n).to(dtype)
+            for _ in range(3):
+                fn(x)
+                x.fill_(1.0)  # the sums would overflow without it; timed in both columns alike
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn(x)
+                x.fill_(1.0)
+            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0) / repeats
+        out.append(row)
+    if rank == 0:
+        queue.put(out)
+    if hs:
+        hs.close()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=50)
+    a = ap.parse_args()
+    from noprop.parallel import free_port
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, a.repeats, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    rows = queue.get(timeout=600)
+    for p in procs:
+        p.join()
+    for r in rows:
+        print(f"{r['what']}: {r['bytes'] / 1e3:.1f} KB: gloo {r['gloo_ms']:.3f} ms, "
+              f"shared memory {r.get('shared_memory_ms', float('nan')):.3f} ms")
+    save_study(ROOT, "collectives", "bench/collective_latency.py", sys.argv[1:],
+               {"processes": 2, "threads": 1, "repeats": a.repeats, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
