@@ -217,33 +217,65 @@ def _host_sum_hook(hs, bucket):  # no return annotation: DDP checks it, and thes
     return fut
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over a process group, differentiable: d(sum_r x_r)/dx_r = 1, so the gradient of each
-    rank's input is the sum over ranks of the output's gradient."""
+class _SyncBatchNorm(torch.autograd.Function):
+    """Batch normalisation of x (N_r x C on rank r) by the statistics of the whole global batch
+    (N = sum of N_r), forward and backward written out, two sums over the group in all.
+
+    Forward: each rank's mean m_r and variance v_r (float32, torch.var_mean), summed as float64
+    n_r m_r, n_r (v_r + m_r^2), n_r, so mean = sum n_r m_r / N and var = E[x^2] - mean^2 keep
+    float32's precision however far the mean is from zero; y = (x - mean) / sqrt(var + eps) * w + b.
+    Backward (the gradient through the global mean and variance, as one process would get it):
+        dx_i = w / sqrt(var + eps) * (dy_i - sum_j dy_j / N - (x_i - mean) / (var + eps) * sum_j dy_j (x_j - mean) / N)
+    with the two sums over j taken over the global batch (the second sum over the group); dw and db
+    are this rank's own sums (DistributedDataParallel averages them like every gradient). As
+    autograd through the elementwise formula it cost the backprop baseline about a fifth of its step
+    (60 layers; measured against BatchNorm1d in one process: 434-451 ms -> 530-538 ms a step)."""
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        x = x.clone()
-        sum_(x, group)
-        return x
+    def forward(ctx, x, weight, bias, eps: float, group):
+        xf = x.float()
+        n, c = xf.shape
+        var_r, mean_r = torch.var_mean(xf, dim=0, correction=0)
+        m, v = mean_r.double(), var_r.double()
+        stats = torch.cat([m * n, (v + m * m) * n, m.new_full((1,), float(n))])
+        sum_(stats, group)
+        total = stats[2 * c]
+        mean = stats[:c] / total
+        var = (stats[c:2 * c] / total - mean * mean).clamp(min=0)
+        invstd = torch.rsqrt(var + eps).float()
+        xmu = xf - mean.float()
+        scale = invstd * weight if weight is not None else invstd
+        y = torch.addcmul(bias, xmu, scale) if bias is not None else xmu * scale
+        ctx.save_for_backward(xmu, invstd, weight)
+        ctx.total, ctx.group, ctx.dtype, ctx.has_bias = float(total), group, x.dtype, bias is not None
+        count = stats[2 * c:]
+        ctx.mark_non_differentiable(mean, var, count)
+        return y.to(x.dtype), mean, var, count
 
     @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        sum_(grad, ctx.group)
-        return grad, None
+    def backward(ctx, dy, _mean, _var, _count):
+        xmu, invstd, weight = ctx.saved_tensors
+        dyf = dy.float()
+        c = xmu.shape[1]
+        sums = torch.cat([dyf.sum(0), (dyf * xmu).sum(0)])
+        grad_w = sums[c:] * invstd if weight is not None else None
+        grad_b = sums[:c].clone() if ctx.has_bias else None
+        total = sums.double()
+        sum_(total, ctx.group)
+        mean_dy = (total[:c] / ctx.total).float()
+        mean_dy_xmu = (total[c:] / ctx.total).float()
+        dx = (dyf - mean_dy).sub_(xmu * (invstd * invstd * mean_dy_xmu))
+        dx.mul_(invstd * weight if weight is not None else invstd)
+        return dx.to(ctx.dtype), grad_w, grad_b, None, None
 
 
 class SyncBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the whole global batch, summed over a
-    process group with a differentiable all-reduce, so gradients flow through the other ranks'
-    share of the mean and variance as they would in one process. One all-reduce per layer and pass
-    (the sums of x and x^2 and the count together): every collective is a point where the ranks
-    wait for each other, and the backprop baseline has 60 of these layers. The sums are float64, so
-    the one-pass variance E[x^2] - mean^2 keeps float32's precision. Same parameters, buffers and
-    state_dict keys as BatchNorm1d; in eval mode it is BatchNorm1d. (torch's SyncBatchNorm is
-    CUDA-only.)"""
+    process group, so gradients flow through the other ranks' share of the mean and variance as
+    they would in one process (_SyncBatchNorm). One sum per layer and pass: every collective is a
+    point where the ranks wait for each other, and the backprop baseline has 60 of these layers.
+    Same parameters, buffers and state_dict keys as BatchNorm1d; in eval mode it is BatchNorm1d.
+    (torch's SyncBatchNorm is CUDA-only.)"""
 
     group = None
 
@@ -260,23 +292,15 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.group is None:
             return super().forward(x)
-        xd = x.double()
-        c = xd.shape[1]
-        sums = _AllReduceSum.apply(torch.cat([xd.sum(0), xd.pow(2).sum(0), xd.new_full((1,), float(len(xd)))]),
-                                   self.group)
-        total = sums[2 * c]
-        mean = sums[:c] / total
-        var = (sums[c:2 * c] / total - mean.pow(2)).clamp(min=0)
+        y, mean, var, count = _SyncBatchNorm.apply(x, self.weight, self.bias, self.eps, self.group)
         if self.track_running_stats:
             with torch.no_grad():
+                total = float(count)
                 self.num_batches_tracked += 1
                 mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - mom).add_(mean.detach().float(), alpha=mom)
-                self.running_var.mul_(1 - mom).add_((var.detach() * total / (total - 1)).float(), alpha=mom)
-        y = (x.float() - mean.float()) * torch.rsqrt(var.float() + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y.to(x.dtype)
+                self.running_mean.mul_(1 - mom).add_(mean.float(), alpha=mom)
+                self.running_var.mul_(1 - mom).add_((var * total / (total - 1)).float(), alpha=mom)
+        return y
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
