@@ -64,7 +64,10 @@ def _sums(rank, world):
         used = hs.sum_(x)
         if not used:
             dist.all_reduce(x)
-        results.append((used, torch.equal(x, ref), x))
+        # plain numbers back to the parent: a queued tensor would be shared through a file
+        # descriptor that vanishes when this process exits first
+        gap = float((x.double() - ref.double()).abs().max() / ref.double().abs().max().clamp(min=1))
+        results.append((used, torch.equal(x, ref), gap, x.double().tolist()))
     hs.close()
     return leftover, results
 
@@ -74,14 +77,14 @@ def test_the_sum_equals_glooss_on_every_rank_and_big_tensors_fall_back(world):
     ranks = _run(_sums, world)
     assert ranks[0][0] == []  # rank 0 made the file and unlinked it once every rank had mapped it
     for _, results in ranks:
-        assert [used for used, _, _ in results] == [True, True, True, True, False]  # the last exceeds the slots
+        assert [used for used, _, _, _ in results] == [True, True, True, True, False]  # the last exceeds the slots
         if world == 2:  # two addends: a + b = b + a, so gloo's bits; with 3 the order may differ
-            assert all(same for _, same, _ in results)
-        else:
-            assert all(torch.allclose(x.double(), ref.double(), rtol=1e-2, atol=1e-2)
-                       for (_, _, x), ref in zip(results, [r[2] for r in ranks[0][1]]))
+            assert all(same for _, same, _, _ in results)
+        else:  # gloo's sum to rounding (bf16's: 3 significant digits)
+            assert all(gap < 2e-2 for _, _, gap, _ in results)
+            assert sum(gap < 1e-6 for _, _, gap, _ in results) >= 3  # the float32 and float64 sums
     for i in range(len(ranks[0][1])):  # every rank holds the same bits
-        assert all(torch.equal(ranks[0][1][i][2], r[1][i][2]) for r in ranks)
+        assert all(ranks[0][1][i][3] == r[1][i][3] for r in ranks)
 
 
 def _disabled(rank, world):
