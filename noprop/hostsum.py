@@ -28,6 +28,7 @@ import mmap
 import os
 import platform
 import socket
+import sys
 import time
 import uuid
 
@@ -87,7 +88,13 @@ class HostSum:
                     finally:
                         os.close(fd)
             except OSError:
+                if path is not None and os.path.exists(path):
+                    os.unlink(path)
                 path = None
+            if path is None:  # on one machine and allowed, but no segment: say so once, keep gloo
+                print(f"noprop: cannot make a {size / 1e6:.0f} MB shared-memory segment in {SHM} (twice "
+                      "that must be free there); the ranks sum through the backend instead, which is "
+                      "slower. A container can be given more with --shm-size.", file=sys.stderr)
         box = [path]
         dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
         path, mm = box[0], None

@@ -96,6 +96,17 @@ def test_turned_off_on_any_rank_means_gloo_on_all():
     assert _run(_disabled, 2) == [True, True]
 
 
+def _no_room(rank, world):
+    if rank == 0:  # where rank 0 makes the segment: a folder that does not exist
+        hostsum.SHM = "/nonexistent-noprop-shm"
+    return hostsum.HostSum.create(dist.group.WORLD, 64, 60) is None
+
+
+def test_no_segment_means_gloo_on_all_ranks_and_says_so(capfd):
+    assert _run(_no_room, 2) == [True, True]
+    assert "cannot make a" in capfd.readouterr().err
+
+
 def _one_rank_stays_away(rank, world):
     hs = hostsum.HostSum.create(dist.group.WORLD, 64, timeout_s=1.0)
     if rank == 0:
