@@ -64,6 +64,7 @@ class HostSum:
         self.slots = torch.frombuffer(mm, dtype=torch.uint8, offset=base,
                                       count=2 * world * capacity).view(2, world, capacity)
         self.calls = 0
+        self.others = [r * LINE // 8 for r in range(world) if r != rank]  # the counters to wait for
 
     @classmethod
     def create(cls, group, capacity: int, timeout_s: float) -> HostSum | None:
@@ -135,9 +136,8 @@ class HostSum:
         return True
 
     def _wait(self, k: int) -> None:
-        others = [r * LINE // 8 for r in range(self.world) if r != self.rank]
         spins, deadline = 0, None
-        while any(self.counters[i] < k for i in others):
+        while any(self.counters[i] < k for i in self.others):
             spins += 1
             if spins < 2_000:
                 continue  # the usual case: the peer is a few microseconds behind
