@@ -72,20 +72,8 @@ class RunFolder:
     def write_config(self, cfg) -> None:
         checkpoint.atomic_write_text(self.path / CONFIG, cfg.to_json())
 
-    def save(self, state: dict | None, model, epoch: int, best: bool, history: list[dict],
-             only: list[str] | None = None) -> None:
-        try:
-            if state is not None:  # None: complete_save, the state is already on disk
-                checkpoint.save(self.path / STATE, state)
-            if only is None or LAST in only:
-                models.save(self.path / LAST, model, epoch)
-            if best:
-                models.save(self.path / BEST, model, epoch)
-            checkpoint.atomic_write_text(self.path / METRICS, "".join(json.dumps(h) + "\n" for h in history))
-        except OSError as e:  # a full disk, a quota, a vanished folder: the old files are intact
-            raise RunDirError(f"--out {self.path}: writing the epoch {epoch} checkpoint failed "
-                              f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
-                              "rerun with --resume") from e
+    def save(self, state: dict, model, epoch: int, best: bool, history: list[dict]) -> None:
+        self._write(state, model, epoch, [LAST, BEST] if best else [LAST], history)
 
     def complete_save(self, model, epoch: int, history: list[dict]) -> None:
         """Write again what the save of the resumed state writes after the state itself (see the
@@ -95,12 +83,29 @@ class RunFolder:
         # the trainer's rule: an epoch is best when its validation accuracy beats every earlier one
         best = bool(vals) and vals[-1] > max([-1.0] + [v for v in vals[:-1] if v == v])
         stale = [f for f in ((LAST, BEST) if best else (LAST,)) if not _holds(self.path / f, model)]
-        log = "".join(json.dumps(h) + "\n" for h in history)
-        if stale or not (self.path / METRICS).exists() or (self.path / METRICS).read_text() != log:
-            self.save(None, model, epoch, BEST in stale, history, only=stale)
+        log = self.path / METRICS
+        if stale or not log.exists() or log.read_text() != _log(history):
+            self._write(None, model, epoch, stale, history)
+
+    def _write(self, state: dict | None, model, epoch: int, weights: list[str], history: list[dict]) -> None:
+        """The train state (None: already on disk), then the named weights files and the log."""
+        try:
+            if state is not None:
+                checkpoint.save(self.path / STATE, state)
+            for name in weights:
+                models.save(self.path / name, model, epoch)
+            checkpoint.atomic_write_text(self.path / METRICS, _log(history))
+        except OSError as e:  # a full disk, a quota, a vanished folder: the old files are intact
+            raise RunDirError(f"--out {self.path}: writing the epoch {epoch} checkpoint failed "
+                              f"({e.strerror or e}); the previous checkpoint is intact. Free space, then "
+                              "rerun with --resume") from e
 
     def write_result(self, result: dict) -> None:
         checkpoint.atomic_write_text(self.path / RESULT, json.dumps(result, indent=2))
+
+
+def _log(history: list[dict]) -> str:
+    return "".join(json.dumps(h) + "\n" for h in history)
 
 
 def _holds(path: Path, model) -> bool:
