@@ -80,10 +80,8 @@ def _allreduce_worker(rank: int, port: int, sizes: list[int], repeats: int, queu
 
 def allreduce_seconds(sizes: list[int], repeats: int = 20) -> dict[int, float]:
     """Seconds of one gloo all-reduce of n float32 values between two processes (one core each)."""
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from noprop.parallel import free_port
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_allreduce_worker, args=(r, port, sizes, repeats, queue)) for r in range(2)]
