@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,31 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
             "peak_memory_mb_per_rank": hist[-1].get("peak_memory_mb")}
 
 
+def workers_rows(methods, precisions, workers=(1, 2), repeats: int = 1, **kw) -> list[dict]:
+    """workers_throughput for every method, precision and process count, `repeats` times, the runs
+    of one method and precision alternating (1, N, 1, N, ...): this machine's speed drifts by 15-25%
+    over minutes, as much as the differences measured, so a speed-up compares runs made one after
+    the other, and each row reports the median over the repeats (images_per_s, speed_up) with every
+    run kept (runs_images_per_s, speed_ups: run i at N processes over run i at one)."""
+    rows = []
+    for p in precisions:
+        for m in methods:
+            runs = {w: [] for w in workers}
+            for _ in range(repeats):
+                for w in workers:
+                    runs[w].append(workers_throughput(w, m, precision=p, **kw))
+            for w in workers:
+                ips = [r["images_per_s"] for r in runs[w]]
+                row = dict(sorted(runs[w], key=lambda r: r["images_per_s"])[(len(ips) - 1) // 2])
+                row.update(images_per_s=statistics.median(ips), runs_images_per_s=ips,
+                           block_samples_per_s=statistics.median(r["block_samples_per_s"] for r in runs[w]))
+                if 1 in runs:
+                    row["speed_ups"] = [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs[w], runs[1])]
+                    row["speed_up"] = statistics.median(row["speed_ups"])
+                rows.append(row)
+    return rows
+
+
 def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precision: str = "fp32",
                      order: str = "paper", out: str | None = None, eval_runs: int = 5,
                      epochs: int | None = None, lr_schedule: str = "constant", device_name: str = "auto",
@@ -333,12 +359,18 @@ def markdown(results: dict) -> str:
             one = next((v["images_per_s"] for v in results["workers"] if v["workers"] == 1
                         and v["method"] == w["method"] and v["precision"] == w["precision"]), None)
             sp = f"{w['images_per_s'] / one:.2f}x" if one else "–"
+            if len(w.get("speed_ups") or []) > 1:  # repeated: the median ratio of paired runs, and their range
+                sp = f"{w['speed_up']:.2f}x ({min(w['speed_ups']):.2f}-{max(w['speed_ups']):.2f})"
             g = w.get("block_groups") or 1
             mem = ", ".join(f"{x:.0f}" for x in w.get("peak_memory_mb_per_rank") or []) or "–"
             # BatchNorm statistics per shard (--batchnorm-stats local) are named: the update then differs
             local = ", BatchNorm per shard" if w.get("batchnorm_stats") == "local" and w["workers"] > g else ""
             lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g}{local} | {w['precision']} | "
                          f"{w['images_per_s']:.0f} | {w['block_samples_per_s']:.0f} | {sp} | {mem} |")
+        repeats = max(len(w.get("runs_images_per_s") or [1]) for w in results["workers"])
+        if repeats > 1:
+            lines += ["", f"Each row: the median of {repeats} runs, made alternately at 1 and N processes; the "
+                      "speed-up is the median of the paired runs' ratios, their range in brackets."]
         lines.append("")
     return "\n".join(lines)
 
@@ -355,7 +387,7 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
         workers=(1, 2), target: float = 99.0, budget_minutes: float = 10.0, tta_epochs: int | None = None,
         lr_schedule: str = "constant", device_name: str = "auto", workers_images: int = 8192,
         min_run_time: float = 2.0, workers_methods=None, t0: float | None = None, tta_workers: int = 1,
-        tta_lr: float = 1e-3, batchnorm_stats: str = "global") -> dict:
+        tta_lr: float = 1e-3, batchnorm_stats: str = "global", workers_repeats: int = 1) -> dict:
     dev = device.resolve(device_name)
     notes = []
     if precisions is None:
@@ -376,9 +408,8 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
     if "memory" in what:
         results["memory"] = [memory(m, "mnist", "fp32", device_name=str(dev)) for m in methods]
     if "workers" in what:
-        results["workers"] = [workers_throughput(w, m, n_train=workers_images, precision=p,
-                                                 batchnorm_stats=batchnorm_stats)
-                              for p in precisions for m in (workers_methods or methods) for w in workers]
+        results["workers"] = workers_rows(workers_methods or methods, precisions, workers, workers_repeats,
+                                          n_train=workers_images, batchnorm_stats=batchnorm_stats)
     if "tta" in what:
         results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule,
                                            device_name=str(dev), t0=t0, workers=tta_workers, lr=tta_lr)

@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     bn.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (workers: CPU only)")
     bn.add_argument("--workers-images", type=int, default=8192, help="workers: training images per epoch")
+    bn.add_argument("--workers-repeats", type=int, default=1, help="workers: runs per row, alternating 1 and N "
+                    "processes; rows report the median (this machine's speed drifts as much as the differences)")
     bn.add_argument("--batchnorm-stats", choices=BATCHNORM_STATS, default="global", help="workers: BatchNorm "
                     "statistics of the global batch or of each data shard (noprop train --batchnorm-stats)")
     _plugin_arg(bn)
@@ -340,6 +342,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from . import bench
     if a.seconds <= 0:
         raise ConfigError(f"--seconds: must be > 0, got {a.seconds}")
+    if a.workers_repeats < 1:
+        raise ConfigError(f"--workers-repeats: must be >= 1, got {a.workers_repeats}")
     if a.lr_schedule == "cosine" and not a.tta_epochs:
         raise ConfigError("--lr-schedule cosine: give --tta-epochs, the length the schedule decays over")
     for m in a.methods:
@@ -347,7 +351,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     bench.run(a.what, a.out, precisions=a.precision, methods=tuple(a.methods), target=a.target,
               budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
               device_name=a.device, workers_images=a.workers_images, min_run_time=a.seconds, t0=START,
-              tta_workers=a.tta_workers, tta_lr=a.tta_lr, batchnorm_stats=a.batchnorm_stats)
+              tta_workers=a.tta_workers, tta_lr=a.tta_lr, batchnorm_stats=a.batchnorm_stats,
+              workers_repeats=a.workers_repeats)
     return 0
 
 

@@ -82,6 +82,27 @@ def test_bf16_is_skipped_where_it_is_emulated(monkeypatch):
     assert bench.default_precisions() == (["fp32", "bf16"], [])
 
 
+def test_repeated_workers_rows_alternate_and_report_medians_of_paired_ratios(monkeypatch):
+    """With --workers-repeats R, one method's runs alternate 1, N, 1, N, ... and a row reports the
+    median images/s and the median of the paired runs' ratios (not the ratio of two medians)."""
+    order, speeds = [], iter([100.0, 150.0, 100.0, 190.0, 80.0, 160.0])  # ratios 1.5, 1.9, 2.0
+
+    def fake(world, method, precision, **kw):
+        order.append((method, world))
+        ips = next(speeds)
+        return {"method": method, "workers": world, "precision": precision, "images_per_s": ips,
+                "block_samples_per_s": 10 * ips, "peak_memory_mb_per_rank": [1.0] * world}
+    monkeypatch.setattr(bench, "workers_throughput", fake)
+    rows = bench.workers_rows(["ct"], ["fp32"], (1, 2), repeats=3, n_train=256)
+    assert order == [("ct", 1), ("ct", 2)] * 3
+    one, two = rows
+    assert one["runs_images_per_s"] == [100.0, 100.0, 80.0] and one["images_per_s"] == 100.0
+    assert two["images_per_s"] == 160.0 and two["block_samples_per_s"] == 1600.0
+    assert two["speed_ups"] == pytest.approx([1.5, 1.9, 2.0]) and two["speed_up"] == pytest.approx(1.9)
+    md = bench.markdown({"machine": machine.describe(), "workers": rows})
+    assert "| 1.90x (1.50-2.00) |" in md and "median of 3 runs" in md
+
+
 @pytest.mark.slow
 def test_workers_rows_run_real_workers_and_name_local_batchnorm():
     """A workers row is a real `noprop train --workers N` run; with --batchnorm-stats local the row
