@@ -4,10 +4,11 @@ a core each, started together). A data-parallel rank steps on half the batch, so
 methods the ceiling is 2 x (steps/s of batch 64, two at once) / (steps/s of batch 128 alone) in
 images; a NoProp-DT block group keeps batch 128. What `noprop bench --what workers` measures on top
 of this is the cost of the exchange; the gloo all-reduce of each method's per-step gradient is also
-timed alone, between two pinned processes. Writes results/two-process-ceiling-<cpu class>.json;
+timed alone, between two pinned processes (bench/collective_latency.py), through gloo and through the
+shared-memory sum the ranks of one machine use. Writes results/two-process-ceiling-<cpu class>.json;
 `noprop results` renders its table in docs/performance.md.
 
-    python bench/two_process_ceiling.py [--methods dt ct fm backprop cnn] [--precision fp32 bf16]
+    python bench/two_process_ceiling.py [--methods dt ct fm backprop adjoint cnn] [--precision fp32 bf16]
                                         [--seconds 6] [--repeats 2]
 """
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from collective_latency import step_sum_values, time_sums  # this folder is on sys.path when run as a script
 
 from noprop import bench
 from noprop.results import save_study
@@ -57,52 +59,6 @@ def images_per_s(method: str, precision: str, batch: int, processes: int, second
     return rates
 
 
-def _allreduce_worker(rank: int, port: int, sizes: list[int], repeats: int, queue) -> None:
-    import torch.distributed as dist
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {rank % os.cpu_count()})
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    out = {}
-    for n in sizes:
-        x = torch.randn(n)
-        for _ in range(3):
-            dist.all_reduce(x)
-        dist.barrier()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            dist.all_reduce(x)
-        out[n] = (time.perf_counter() - t0) / repeats
-    if rank == 0:
-        queue.put(out)
-    dist.destroy_process_group()
-
-
-def allreduce_seconds(sizes: list[int], repeats: int = 20) -> dict[int, float]:
-    """Seconds of one gloo all-reduce of n float32 values between two processes (one core each)."""
-    from noprop.parallel import free_port
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_allreduce_worker, args=(r, port, sizes, repeats, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    out = queue.get(timeout=600)
-    for p in procs:
-        p.join()
-    return out
-
-
-def gradient_size(method: str) -> int:
-    """Values all-reduced every step between data shards: the whole gradient of a one-network
-    method; for NoProp-DT's block groups only the shared parameters' (its head) and two flags."""
-    from noprop import models
-    from noprop.config import Config
-    model = models.build(Config(method=method).validate(), (1, 28, 28), 10)
-    params = model.shared_parameters() if model.num_blocks > 1 else list(model.parameters())
-    return sum(p.numel() for p in params) + 2
-
-
 def measure(method: str, precision: str, seconds: float, repeats: int = 2) -> dict:
     """The best of `repeats` windows for each figure (the least disturbed by the rest of the machine)."""
     def best(batch: int, processes: int) -> list[float]:
@@ -123,20 +79,23 @@ def measure(method: str, precision: str, seconds: float, repeats: int = 2) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=["dt", "ct", "fm", "backprop", "cnn"])
+    ap.add_argument("--methods", nargs="+", default=["dt", "ct", "fm", "backprop", "adjoint", "cnn"])
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--repeats", type=int, default=2, help="windows per figure; the best counts")
     a = ap.parse_args()
     rows = [measure(m, p, a.seconds, a.repeats) for p in a.precision for m in a.methods]
-    sizes = {m: gradient_size(m) for m in a.methods}
-    seconds = allreduce_seconds(sorted(set(sizes.values())))
+    sizes = {m: step_sum_values(m) for m in a.methods}
+    todo = [(f"{n} values", n, torch.float32) for n in sorted(set(sizes.values()))]  # ct, fm, adjoint: one net
+    sums = {r["values"]: r for r in time_sums(todo, repeats=20)}
     for r in rows:  # what one step's exchange of gradients costs, timed apart from any training
         n = sizes[r["method"]]
-        r.update(allreduce_values=n, allreduce_ms=1e3 * seconds[n],
+        r.update(allreduce_values=n, allreduce_ms=sums[n]["gloo_ms"],
+                 shared_memory_sum_ms=sums[n].get("shared_memory_ms"),
                  step_ms_two_at_once=1e3 * r["rank_batch"] / min(r["two_at_once_images_per_s"]))
-        print(f"{r['method']}: all-reduce of {4 * n / 1e6:.2f} MB: {r['allreduce_ms']:.2f} ms "
-              f"(a step of two at once: {r['step_ms_two_at_once']:.1f} ms)")
+        print(f"{r['method']}: sum of {4 * n / 1e6:.2f} MB: gloo {r['allreduce_ms']:.2f} ms, shared memory "
+              f"{r['shared_memory_sum_ms'] or float('nan'):.2f} ms (a step, two at once: "
+              f"{r['step_ms_two_at_once']:.1f} ms)")
     save_study(ROOT, "two-process-ceiling", "bench/two_process_ceiling.py", sys.argv[1:],
                {"threads": 1, "rows": rows})
 

@@ -2,6 +2,7 @@
 probe against a pure matmul workload measured the way the throughput rows are, the CPU class."""
 
 import json
+import platform
 
 import pytest
 import torch
@@ -100,7 +101,7 @@ def test_repeated_workers_rows_alternate_and_report_medians_of_paired_ratios(mon
     assert two["images_per_s"] == 160.0 and two["block_samples_per_s"] == 1600.0
     assert two["speed_ups"] == pytest.approx([1.5, 1.9, 2.0]) and two["speed_up"] == pytest.approx(1.9)
     md = bench.markdown({"machine": machine.describe(), "workers": rows})
-    assert "| 1.90x (1.50-2.00) |" in md and "median of 3 runs" in md
+    assert "| 1.90x (1.50-2.00) |" in md and "| 1.00x |" in md and "median of 3 runs" in md
 
 
 @pytest.mark.slow
@@ -169,9 +170,10 @@ def test_ceiling_and_two_process_tables():
          "ceiling": 1.56, "batch_effect": 0.9, "sharing_effect": 1560 / 1800, "step_ms_two_at_once": 84.2,
          "allreduce_values": 250_000, "allreduce_ms": 1.234}]}
     out = render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
-    assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 | 84.2 | 1.00 MB: 1.23 ms |" in out
-    two["rows"][0].update(allreduce_values=112)  # NoProp-DT's head and two flags: in KB
-    assert "| 0.4 KB: 1.23 ms |" in render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
+    assert "| ct | fp32 | 64 | 1000 | 900 | 1560 | **1.56x** | 0.90 | 0.87 | 84.2 | 1.00 MB: gloo 1.23 ms |" in out
+    two["rows"][0].update(allreduce_values=110, shared_memory_sum_ms=0.031)  # NoProp-DT's head: in KB
+    out = render("twoproc:two-process-ceiling-avx2", {"two-process-ceiling-avx2": two})
+    assert "| 0.4 KB: gloo 1.23 ms, shared memory 0.03 ms |" in out
     assert render("twoproc:missing", {}) is None
 
 
@@ -198,14 +200,17 @@ def test_two_process_ceiling_runs_two_real_processes():
     assert all(r > 0 for r in row["two_at_once_images_per_s"])
     assert row["ceiling"] == pytest.approx(sum(row["two_at_once_images_per_s"]) / row["alone_batch128_images_per_s"])
     assert row["ceiling"] == pytest.approx(2 * row["batch_effect"] * row["sharing_effect"])
-    tp = _bench_script("two_process_ceiling")
+    sums = _bench_script("collective_latency")  # the sums' sizes and their timing, shared by both scripts
     from noprop import models
     from noprop.config import Config
     schedule = models.build(Config(method="ct").validate(), (1, 28, 28), 10).schedule
-    # CT: its net (the paper's 0.87M), head, learned schedule and two flags; DT: only its head and the flags
-    assert tp.gradient_size("ct") == 867_722 + 110 + sum(p.numel() for p in schedule.parameters()) + 2
-    assert tp.gradient_size("dt") == 110 + 2
-    assert tp.allreduce_seconds([1000], repeats=3)[1000] > 0
+    # CT: its net (the paper's 0.87M), head and learned schedule; DT: only its head
+    assert sums.step_sum_values("ct") == 867_722 + 110 + sum(p.numel() for p in schedule.parameters())
+    assert sums.step_sum_values("dt") == 110
+    (timed,) = sums.time_sums([("1000 values", 1000, torch.float32)], repeats=3)
+    assert timed["values"] == 1000 and timed["bytes"] == 4000 and timed["gloo_ms"] > 0
+    if platform.machine().lower() in ("x86_64", "amd64"):  # where the shared-memory sum exists
+        assert timed["shared_memory_ms"] > 0
 
 
 def test_a_bench_script_result_file_names_its_command_commit_machine_and_class(tmp_path, monkeypatch):
