@@ -359,7 +359,7 @@ def markdown(results: dict) -> str:
             one = next((v["images_per_s"] for v in results["workers"] if v["workers"] == 1
                         and v["method"] == w["method"] and v["precision"] == w["precision"]), None)
             sp = f"{w['images_per_s'] / one:.2f}x" if one else "–"
-            if len(w.get("speed_ups") or []) > 1:  # repeated: the median ratio of paired runs, and their range
+            if len(w.get("speed_ups") or []) > 1 and w["workers"] > 1:  # repeated: median of paired ratios, range
                 sp = f"{w['speed_up']:.2f}x ({min(w['speed_ups']):.2f}-{max(w['speed_ups']):.2f})"
             g = w.get("block_groups") or 1
             mem = ", ".join(f"{x:.0f}" for x in w.get("peak_memory_mb_per_rank") or []) or "–"

@@ -2,11 +2,11 @@
 
 On a CPU machine gloo sends every all-reduce through TCP on the loopback address: on the 2-core
 machine measured here (bench/collective_latency.py, results/collectives-amx.json) a BatchNorm
-layer's statistics (4 KB) take 0.81 ms between two processes and NoProp-CT's gradient (3.5 MB)
-4.0 ms. The synchronised BatchNorm pays the first once per layer and pass, every step the second.
+layer's statistics (4 KB) take 0.5 ms between two processes and NoProp-CT's gradient (3.5 MB)
+4.1 ms. The synchronised BatchNorm pays the first once per layer and pass, every step the second.
 Ranks on one machine can instead meet in shared memory: each copies its tensor into its own slot of
 a segment in /dev/shm, publishes a counter, waits for the others' counters, and adds the slots up:
-0.02 ms and 1.4 ms for the same two sums.
+0.02 ms and 1.1 ms for the same two sums.
 
 Every rank adds the slots in rank order, so all ranks hold the same bits (with two ranks also
 gloo's: a + b = b + a). Slots are used by alternate calls (double buffering): a rank can only start call k + 2

@@ -239,7 +239,10 @@ class _SyncBatchNorm(torch.autograd.Function):
     with the two sums over j taken over the global batch (the second sum over the group); dw and db
     are this rank's own sums (DistributedDataParallel averages them like every gradient). Autograd
     through the elementwise formula in float64 cost the backprop baseline (60 layers, one process,
-    batch 64, bf16, the sums stubbed out) 54-55 ms a step over BatchNorm1d; written out, 21-24 ms."""
+    batch 64, bf16, the sums stubbed out) 54-55 ms a step over BatchNorm1d; written out, 21-24 ms.
+    One layer's forward and backward (batch 64, fp32, sums stubbed out, 256 / 128 channels): 490-510
+    / 375 us with torch.var_mean's statistics, 385-395 / 320-335 us with the two-pass ones; torch's
+    fused BatchNorm1d 250 / 90 us. What is left is mostly Python's cost of the ~40 small operations."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, group):
