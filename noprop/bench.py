@@ -188,26 +188,48 @@ def _train_run(options: list[str], what: str, timeout: float, env: dict | None =
         return hist, json.loads((run / "result.json").read_text()), json.loads((run / "config.json").read_text())
 
 
+WORKERS_BATCH = ("global", "per-rank")
+
+
+def workers_batch_size(method: str, world: int, batch: str = "global") -> int:
+    """The global batch of a `world`-process run: the method's own (128, the paper's) whatever the
+    process count ("global": the same training, split), or that many per data shard ("per-rank": the
+    global batch grows with the shards, as when scaling out with a fixed batch per worker; the
+    update is then another run's). NoProp-DT's block groups each take the whole batch either way."""
+    cfg = Config(method=method).validate()
+    if batch not in WORKERS_BATCH:
+        raise ValueError(f"workers batch {batch!r}: choose one of {', '.join(WORKERS_BATCH)}")
+    if batch == "global" or world == 1:
+        return cfg.batch_size
+    from .models import blocks_for
+    from .parallel import choose_groups
+    return cfg.batch_size * (world // choose_groups(blocks_for(cfg), world))
+
+
 def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epochs: int = 2,
                        precision: str = "auto", steps: int = 10, extra: tuple = (),
-                       batchnorm_stats: str = "global") -> dict:
+                       batchnorm_stats: str = "global", batch: str = "global") -> dict:
     """A real `noprop train --workers N --threads 1` run (paper order) of `epochs` epochs, the last
     one timed: the first ones warm up (the communicators connect on their first collective,
     DistributedDataParallel rebuilds its buckets after its first step, oneDNN picks its kernels),
     costs a long run pays once. images_per_s: training images of that epoch per second (comparable
     across methods: an image passes all T blocks of DT and of the backprop baseline once an epoch);
     block_samples_per_s = T x that for DT and backprop. The training seconds include the
-    end-of-epoch gathering of blocks on rank 0 (block groups)."""
-    hist, result, _ = _train_run(
+    end-of-epoch gathering of blocks on rank 0 (block groups). `batch`: workers_batch_size."""
+    batch_size = workers_batch_size(method, world, batch)
+    hist, result, run_cfg = _train_run(
         ["--method", method, "--train-subset", str(n_train), "--precision", precision, "--steps", str(steps),
          "--val-subset", "64", "--test-subset", "100", "--epochs", str(epochs), "--eval-runs", "1",
-         "--workers", str(world), "--batchnorm-stats", batchnorm_stats, *extra],
+         "--workers", str(world), "--batchnorm-stats", batchnorm_stats, "--batch-size", str(batch_size), *extra],
         f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     secs = hist[-1]["train_seconds"]
     cfg = Config(method=method).validate()
     blocks = cfg.T if method in ("dt", "backprop") else 1
-    images = (n_train // 128) * 128
+    batch_size = run_cfg["batch_size"]  # what the run trained with (`extra` may have set it)
+    images = (n_train // batch_size) * batch_size
+    groups = result.get("block_groups") or 1
     return {"method": method, "workers": world, "threads_per_worker": 1, "images_per_s": images / secs,
+            "batch_size": batch_size, "rank_batch": batch_size // (world // groups),
             "block_samples_per_s": images * blocks / secs, "train_seconds": secs, "images": n_train,
             "epochs": epochs, "timed_epoch": len(hist), "all_epochs_train_seconds": [h["train_seconds"] for h in hist],
             "precision": result.get("precision", precision), "block_groups": result.get("block_groups"),
@@ -352,9 +374,9 @@ def markdown(results: dict) -> str:
                          + f"{'yes' if r['reached'] else 'no'} ({r['target_test_acc']:g}%) |")
         lines.append("")
     if results.get("workers"):
-        lines += ["| method | workers (1 thread each) | layout (groups x shards) | precision | images/s | "
-                  "block-samples/s | speed-up | process peak memory per rank (MB) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| method | workers (1 thread each) | layout (groups x shards) | batch: global (per rank) | "
+                  "precision | images/s | block-samples/s | speed-up | process peak memory per rank (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for w in results["workers"]:
             one = next((v["images_per_s"] for v in results["workers"] if v["workers"] == 1
                         and v["method"] == w["method"] and v["precision"] == w["precision"]), None)
@@ -362,11 +384,14 @@ def markdown(results: dict) -> str:
             if len(w.get("speed_ups") or []) > 1 and w["workers"] > 1:  # repeated: median of paired ratios, range
                 sp = f"{w['speed_up']:.2f}x ({min(w['speed_ups']):.2f}-{max(w['speed_ups']):.2f})"
             g = w.get("block_groups") or 1
+            batch = w.get("batch_size", 128)  # rows from before the option ran the paper's global 128
+            rank_batch = w.get("rank_batch", batch // (w["workers"] // g))
             mem = ", ".join(f"{x:.0f}" for x in w.get("peak_memory_mb_per_rank") or []) or "–"
             # BatchNorm statistics per shard (--batchnorm-stats local) are named: the update then differs
             local = ", BatchNorm per shard" if w.get("batchnorm_stats") == "local" and w["workers"] > g else ""
-            lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g}{local} | {w['precision']} | "
-                         f"{w['images_per_s']:.0f} | {w['block_samples_per_s']:.0f} | {sp} | {mem} |")
+            lines.append(f"| {w['method']} | {w['workers']} | {g} x {w['workers'] // g}{local} | "
+                         f"{batch} ({rank_batch}) | {w['precision']} | {w['images_per_s']:.0f} | "
+                         f"{w['block_samples_per_s']:.0f} | {sp} | {mem} |")
         repeats = max(len(w.get("runs_images_per_s") or [1]) for w in results["workers"])
         if repeats > 1:
             lines += ["", f"Each row: the median of {repeats} runs, made alternately at 1 and N processes; the "
@@ -387,7 +412,8 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
         workers=(1, 2), target: float = 99.0, budget_minutes: float = 10.0, tta_epochs: int | None = None,
         lr_schedule: str = "constant", device_name: str = "auto", workers_images: int = 8192,
         min_run_time: float = 2.0, workers_methods=None, t0: float | None = None, tta_workers: int = 1,
-        tta_lr: float = 1e-3, batchnorm_stats: str = "global", workers_repeats: int = 1) -> dict:
+        tta_lr: float = 1e-3, batchnorm_stats: str = "global", workers_repeats: int = 1,
+        workers_batch: str = "global") -> dict:
     dev = device.resolve(device_name)
     notes = []
     if precisions is None:
@@ -409,7 +435,8 @@ def run(what: list[str], out: str | None, precisions=None, methods=("dt", "ct", 
         results["memory"] = [memory(m, "mnist", "fp32", device_name=str(dev)) for m in methods]
     if "workers" in what:
         results["workers"] = workers_rows(workers_methods or methods, precisions, workers, workers_repeats,
-                                          n_train=workers_images, batchnorm_stats=batchnorm_stats)
+                                          n_train=workers_images, batchnorm_stats=batchnorm_stats,
+                                          batch=workers_batch)
     if "tta" in what:
         results["tta"] = [time_to_accuracy(target, budget_minutes, p, epochs=tta_epochs, lr_schedule=lr_schedule,
                                            device_name=str(dev), t0=t0, workers=tta_workers, lr=tta_lr)

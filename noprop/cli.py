@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes; rows report the median (this machine's speed drifts as much as the differences)")
     bn.add_argument("--batchnorm-stats", choices=BATCHNORM_STATS, default="global", help="workers: BatchNorm "
                     "statistics of the global batch or of each data shard (noprop train --batchnorm-stats)")
+    bn.add_argument("--workers-batch", choices=("global", "per-rank"), default="global", help="workers: keep "
+                    "the method's global batch at every process count (the same training, split: the paper's "
+                    "128), or give each data shard that batch (the global batch grows with the workers)")
     _plugin_arg(bn)
 
     rs = sub.add_parser("results", help="regenerate the tables of README.md and docs/ from results/*.json")
@@ -352,7 +355,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
               budget_minutes=a.budget_minutes, tta_epochs=a.tta_epochs, lr_schedule=a.lr_schedule,
               device_name=a.device, workers_images=a.workers_images, min_run_time=a.seconds, t0=START,
               tta_workers=a.tta_workers, tta_lr=a.tta_lr, batchnorm_stats=a.batchnorm_stats,
-              workers_repeats=a.workers_repeats)
+              workers_repeats=a.workers_repeats, workers_batch=a.workers_batch)
     return 0
 
 

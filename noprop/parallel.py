@@ -40,6 +40,7 @@ default 300) after which the survivors raise instead of hanging.
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import math
 import os
@@ -379,7 +380,12 @@ class Collectives:
             # gradients as views of DDP's buckets: no copy into the bucket and back each step (+6%
             # images/s for ct at 2 workers, fp32, A/B alternated); DDP gives the views the
             # parameters' strides, so the fused optimizers' flat walk stays paired (match_layout)
-            ddp = DistributedDataParallel(model, process_group=self.shard_group, broadcast_buffers=False,
+            # buffers (BatchNorm's running statistics) are not sent from rank 0 before each forward:
+            # synchronised BatchNorm keeps them equal, and local statistics are rank 0's by design.
+            # torch 2.13 renamed the option (the old name still works but warns in every run)
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                              inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+            ddp = DistributedDataParallel(model, process_group=self.shard_group, **no_buffer_sync,
                                           find_unused_parameters=type(model).find_unused_parameters,
                                           gradient_as_bucket_view=True)
             if self.shard_group in _host_sums:

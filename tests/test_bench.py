@@ -104,19 +104,34 @@ def test_repeated_workers_rows_alternate_and_report_medians_of_paired_ratios(mon
     assert "| 1.90x (1.50-2.00) |" in md and "| 1.00x |" in md and "median of 3 runs" in md
 
 
+def test_workers_batch_is_the_global_batch_or_grows_with_the_data_shards():
+    """--workers-batch global keeps the method's batch (128) at any process count; per-rank gives
+    each data shard 128, so the global batch grows with the shards, not with NoProp-DT's block
+    groups (each group takes the whole batch)."""
+    assert [bench.workers_batch_size("ct", w) for w in (1, 2, 4)] == [128, 128, 128]
+    assert [bench.workers_batch_size("ct", w, "per-rank") for w in (1, 2, 4)] == [128, 256, 512]
+    assert bench.workers_batch_size("dt", 2, "per-rank") == 128  # 2 groups x 1 shard
+    assert bench.workers_batch_size("dt", 4, "per-rank") == 256  # 2 groups x 2 shards
+    with pytest.raises(ValueError, match="per-rank"):
+        bench.workers_batch_size("ct", 2, "per-worker")
+
+
 @pytest.mark.slow
 def test_workers_rows_run_real_workers_and_name_local_batchnorm():
     """A workers row is a real `noprop train --workers N` run; with --batchnorm-stats local the row
-    and its table say that BatchNorm was per shard."""
-    rows = [bench.workers_throughput(w, "cnn", n_train=256, precision="fp32", batchnorm_stats="local")
-            for w in (1, 2)]
+    and its table say that BatchNorm was per shard, and with --workers-batch per-rank the 2-process
+    run trains with a global batch of 256 (128 per rank), which the table shows."""
+    rows = [bench.workers_throughput(w, "cnn", n_train=512, precision="fp32", batchnorm_stats="local",
+                                     batch="per-rank") for w in (1, 2)]
     assert [r["workers"] for r in rows] == [1, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert [(r["batch_size"], r["rank_batch"]) for r in rows] == [(128, 128), (256, 128)]
     # two epochs ran; the second is the one timed (the first warms up)
     assert all(r["timed_epoch"] == 2 and len(r["all_epochs_train_seconds"]) == 2 for r in rows)
-    assert all(r["images_per_s"] == pytest.approx(256 / r["all_epochs_train_seconds"][1]) for r in rows)
+    assert all(r["images_per_s"] == pytest.approx(512 / r["all_epochs_train_seconds"][1]) for r in rows)
     assert all(r["batchnorm_stats"] == "local" and len(r["peak_memory_mb_per_rank"]) == r["workers"] for r in rows)
     md = bench.markdown({"machine": machine.describe(), "workers": rows})
-    assert "| cnn | 2 | 1 x 2, BatchNorm per shard | fp32 |" in md and "| cnn | 1 | 1 x 1 | fp32 |" in md
+    assert "| cnn | 2 | 1 x 2, BatchNorm per shard | 256 (128) | fp32 |" in md
+    assert "| cnn | 1 | 1 x 1 | 128 (128) | fp32 |" in md
 
 
 def _bench_script(name: str):
