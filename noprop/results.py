@@ -387,14 +387,39 @@ def table_collectives(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+STEP_SETTINGS = (("one_process_batch128", "1 process, batch 128", 128),
+                  ("one_process_batch64", "1 process, batch 64", 64),
+                  ("two_processes_batch64_each", "2 processes, 64 each", 128))
+
+
+def table_step_breakdown(r: dict) -> str:
+    """bench/step_breakdown.py: a training step part by part, in one process and in each of two
+    data-parallel ones (rank 0 / rank 1); images/s relative to one process at batch 128."""
+    out = ["| method | precision | setting | step (ms) | compute and the rest (ms) | sums (ms) | of which waiting "
+           "(ms) | optimizer (ms) | images/s | vs 1 process, batch 128 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        base = 128e3 / x["one_process_batch128"][0]["step_ms"]
+        for key, label, images_per_step in STEP_SETTINGS:
+            ranks = x[key]
+
+            def each(k, ranks=ranks):
+                return " / ".join(f"{q[k]:.1f}" for q in ranks)
+            ips = images_per_step * 1e3 / max(q["step_ms"] for q in ranks)  # the slower rank sets the pace
+            sums, waiting = (each("sums_ms"), each("waiting_ms")) if len(ranks) > 1 else ("–", "–")
+            out.append(f"| {x['method']} | {x['precision']} | {label} | {each('step_ms')} | {each('compute_ms')} | "
+                       f"{sums} | {waiting} | {each('optimizer_ms')} | {ips:.0f} | {ips / base:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
 # markers "PREFIX:FILE": a table of one result file of that kind
 PREFIXED = {"profile": table_profile, "bench": table_bench, "ceiling": table_ceiling, "twoproc": table_two_process,
-            "sums": table_collectives}
+            "sums": table_collectives, "steps": table_step_breakdown}
 
 
 def render(name: str, results: dict[str, dict]) -> str | None:
     """The generated text for a marker: a known table, or the table of one result file of a kind
-    ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE", "sums:FILE")."""
+    ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE", "sums:FILE", "steps:FILE")."""
     if name == "timing":
         return table_timing(results)
     prefix, _, file = name.partition(":")

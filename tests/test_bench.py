@@ -241,3 +241,42 @@ def test_a_bench_script_result_file_names_its_command_commit_machine_and_class(t
     assert r["study"] == "ceiling" and r["command"] == "python bench/conv_ceiling.py --threads 2 'a b'"
     assert r["rows"] == [1] and r["threads"] == 2 and "git_commit" in r and r["machine"]["cores"] >= 1
     assert list(r)[:3] == ["study", "command", "created"]
+
+
+def test_step_breakdown_table():
+    """bench/step_breakdown.py's table: one row per setting, both ranks of the two-process one,
+    images/s set by the slower rank and compared with one process at batch 128."""
+    from noprop.results import render
+    m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 1, "torch": "2"}
+
+    def rank(step, sums=0.0, waiting=0.0, opt=1.0):
+        return {"step_ms": step, "sums_ms": sums, "waiting_ms": waiting, "optimizer_ms": opt,
+                "compute_ms": step - sums - opt}
+    r = {"command": "python bench/step_breakdown.py", "machine": m, "threads": 1, "rows": [
+        {"method": "ct", "precision": "fp32", "one_process_batch128": [rank(100.0)],
+         "one_process_batch64": [rank(52.0)],
+         "two_processes_batch64_each": [rank(60.0, 3.0, 1.0), rank(64.0, 2.5, 0.5)]}]}
+    out = render("steps:step-breakdown-avx2", {"step-breakdown-avx2": r})
+    assert "| ct | fp32 | 1 process, batch 128 | 100.0 | 99.0 | – | – | 1.0 | 1280 | 1.00x |" in out
+    assert "| ct | fp32 | 1 process, batch 64 | 52.0 | 51.0 | – | – | 1.0 | 1231 | 0.96x |" in out
+    assert ("| ct | fp32 | 2 processes, 64 each | 60.0 / 64.0 | 56.0 / 60.5 | 3.0 / 2.5 | 1.0 / 0.5 | 1.0 / 1.0 "
+            "| 2000 | 1.56x |") in out
+    assert "`results/step-breakdown-avx2.json`" in out
+
+
+@pytest.mark.slow
+def test_step_breakdown_times_real_data_parallel_steps():
+    """bench/step_breakdown.py runs noprop's Trainer in one and in two real processes: the two
+    ranks sum through shared memory every step (the DDP buckets, the status word and, for the cnn,
+    its BatchNorm layers' statistics), one process never does, and the parts fit in the step."""
+    sb = _bench_script("step_breakdown")
+    row = sb.measure("cnn", "fp32", images=512)
+    one, two = row["one_process_batch128"], row["two_processes_batch64_each"]
+    assert len(one) == 1 and len(two) == 2 and len(row["one_process_batch64"]) == 1
+    assert one[0]["steps"] == 4 and row["one_process_batch64"][0]["steps"] == 8 and all(r["steps"] == 4 for r in two)
+    assert one[0]["sums_ms"] == 0 and one[0]["sums_per_step"] == 0
+    assert all(r["sums_per_step"] >= 2 + 4 for r in two)  # >= 1 bucket + status word + 2 BatchNorm x fwd/bwd
+    for r in one + two:
+        assert 0 < r["optimizer_ms"] < r["step_ms"] and r["waiting_ms"] <= r["sums_ms"] < r["step_ms"]
+        assert r["compute_ms"] == pytest.approx(r["step_ms"] - r["sums_ms"] - r["optimizer_ms"])
+    assert row["speed_up"] > 0
