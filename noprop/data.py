@@ -225,13 +225,23 @@ def identify_idx_file(path: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
-    """Seeded hold-out of val_size examples from the training set."""
+def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, in_place: bool = False):
+    """Seeded hold-out of val_size examples from the training set. in_place: the training rows are
+    moved to the front of x itself (which the caller gives up) instead of copied, so the largest
+    array of the data is never held twice (train[j] >= j and ascending: row j is written only
+    after every row it overwrites has been read)."""
     if not 0 <= val_size < len(y):
         raise ValueError(f"--val-size must be in [0, {len(y)}), got {val_size}")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     val, train = perm[:val_size].sort().values, perm[val_size:].sort().values
-    return Split(x[train], y[train]), Split(x[val], y[val])
+    held_out = Split(x[val], y[val])
+    if not in_place:
+        return Split(x[train], y[train]), held_out
+    chunk = 4096
+    for i in range(0, len(train), chunk):
+        rows = train[i:i + chunk]
+        x[i:i + len(rows)] = x[rows]
+    return Split(x[:len(train)], y[train]), held_out
 
 
 def make_dataset(name: str, source: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -239,16 +249,20 @@ def make_dataset(name: str, source: str, x_train: np.ndarray, y_train: np.ndarra
                  mean_std: tuple | None = None) -> Dataset:
     """uint8 or float [N, C, H, W] arrays -> normalised tensors, with the validation hold-out.
     Normalisation is per channel, with the whole training set's statistics unless given."""
+    # Every rank of a parallel run loads the data, so the peak memory of this matters: one float32
+    # copy of each array (IDX arrays are read-only views of the file's bytes), scaled and
+    # normalised in place, and the validation split made in place (split_validation).
     def scaled(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.array(a))  # a copy: IDX arrays are read-only views of the file
-        return t.float().div_(255) if a.dtype == np.uint8 else t.float()
+        t = torch.from_numpy(np.array(a, dtype=np.float32))
+        return t.div_(255) if a.dtype == np.uint8 else t
     xtr, xte = scaled(x_train), scaled(x_test)
     if mean_std is None:
         mean, std = xtr.mean(dim=(0, 2, 3)), xtr.std(dim=(0, 2, 3)).clamp(min=1e-6)
     else:
         mean, std = (torch.tensor(v, dtype=torch.float32).reshape(-1) for v in mean_std)
-    norm = lambda t: (t - mean[None, :, None, None]) / std[None, :, None, None]  # noqa: E731
-    train, val = split_validation(norm(xtr), torch.from_numpy(y_train.astype(np.int64)), val_size, split_seed)
+    norm = lambda t: t.sub_(mean[None, :, None, None]).div_(std[None, :, None, None])  # noqa: E731
+    train, val = split_validation(norm(xtr), torch.from_numpy(y_train.astype(np.int64)), val_size, split_seed,
+                                  in_place=True)
     test = Split(norm(xte), torch.from_numpy(y_test.astype(np.int64)))
     return Dataset(name, train, val, test, num_classes, source)
 

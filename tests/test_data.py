@@ -37,6 +37,15 @@ def test_validation_split_is_seeded_and_disjoint():
     assert len(tr) + len(va) == 100
     with pytest.raises(ValueError, match="val-size"):
         split_validation(x, y, 100, seed=0)
+    # in place (what loading a dataset does, to hold its largest array once): the same two splits,
+    # the training rows now at the front of x itself; chunks of 4096 rows are crossed
+    x = torch.randn(10_000, 1, 2, 2)
+    y = torch.arange(10_000)
+    tr, va = split_validation(x, y, 1_000, seed=5)
+    tr_in, va_in = split_validation(x.clone(), y, 1_000, seed=5, in_place=True)
+    assert torch.equal(tr_in.x, tr.x) and torch.equal(tr_in.y, tr.y)
+    assert torch.equal(va_in.x, va.x) and torch.equal(va_in.y, va.y)
+    assert torch.equal(tr.x, x[tr.y])  # y holds each row's index: the rows are the right ones
 
 
 def test_search_order_data_dir_then_env_then_bundled(tmp_path, mnist_copy, monkeypatch):
