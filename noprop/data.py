@@ -228,8 +228,8 @@ def identify_idx_file(path: Path) -> str | None:
 def split_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int, in_place: bool = False):
     """Seeded hold-out of val_size examples from the training set. in_place: the training rows are
     moved to the front of x itself (which the caller gives up) instead of copied, so the largest
-    array of the data is never held twice (train[j] >= j and ascending: row j is written only
-    after every row it overwrites has been read)."""
+    array of the data is never held twice. Safe because the training indices ascend with
+    train[j] >= j: the rows still to be read always lie beyond the ones being written."""
     if not 0 <= val_size < len(y):
         raise ValueError(f"--val-size must be in [0, {len(y)}), got {val_size}")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
