@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from noprop.results import save_study
+from noprop.results import STEP_SETTINGS, save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,16 +104,14 @@ def run_setting(method: str, precision: str, world: int, batch: int, images: int
 
 
 def measure(method: str, precision: str, images: int) -> dict:
-    settings = {"one_process_batch128": (1, 128), "one_process_batch64": (1, 64),  # (processes, global batch)
-                "two_processes_batch64_each": (2, 128)}
     row = {"method": method, "precision": precision}
-    for name, (world, batch) in settings.items():
+    for name, _, world, batch in STEP_SETTINGS:
         row[name] = run_setting(method, precision, world, batch, images)
     one, two = row["one_process_batch128"][0], row["two_processes_batch64_each"]
     row["speed_up"] = one["step_ms"] / max(r["step_ms"] for r in two)  # images per step are the same (128)
     print(f"{method} {precision}: " + "; ".join(
         f"{name}: " + ", ".join(f"step {r['step_ms']:.1f} ms (sums {r['sums_ms']:.1f}, waiting {r['waiting_ms']:.1f}, "
-                                f"optimizer {r['optimizer_ms']:.1f})" for r in row[name]) for name in settings)
+                                f"optimizer {r['optimizer_ms']:.1f})" for r in row[name]) for name, *_ in STEP_SETTINGS)
         + f"; speed-up {row['speed_up']:.2f}x", flush=True)
     return row
 

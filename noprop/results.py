@@ -387,9 +387,10 @@ def table_collectives(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-STEP_SETTINGS = (("one_process_batch128", "1 process, batch 128", 128),
-                  ("one_process_batch64", "1 process, batch 64", 64),
-                  ("two_processes_batch64_each", "2 processes, 64 each", 128))
+# bench/step_breakdown.py's settings: (result key, label, processes, global batch = images a step)
+STEP_SETTINGS = (("one_process_batch128", "1 process, batch 128", 1, 128),
+                 ("one_process_batch64", "1 process, batch 64", 1, 64),
+                 ("two_processes_batch64_each", "2 processes, 64 each", 2, 128))
 
 
 def table_step_breakdown(r: dict) -> str:
@@ -400,7 +401,7 @@ def table_step_breakdown(r: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         base = 128e3 / x["one_process_batch128"][0]["step_ms"]
-        for key, label, images_per_step in STEP_SETTINGS:
+        for key, label, _, images_per_step in STEP_SETTINGS:
             ranks = x[key]
 
             def each(k, ranks=ranks):
