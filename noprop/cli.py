@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint, device, parallel
+from .bench import WORKERS_BATCH
 from .checkpoint import CheckpointError
 from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes; rows report the median (this machine's speed drifts as much as the differences)")
     bn.add_argument("--batchnorm-stats", choices=BATCHNORM_STATS, default="global", help="workers: BatchNorm "
                     "statistics of the global batch or of each data shard (noprop train --batchnorm-stats)")
-    bn.add_argument("--workers-batch", choices=("global", "per-rank"), default="global", help="workers: keep "
+    bn.add_argument("--workers-batch", choices=WORKERS_BATCH, default="global", help="workers: keep "
                     "the method's global batch at every process count (the same training, split: the paper's "
                     "128), or give each data shard that batch (the global batch grows with the workers)")
     _plugin_arg(bn)
