@@ -2,14 +2,16 @@
 training step timed in one process alone, then in two processes at once (1 thread each, pinned to
 a core each, started together). A data-parallel rank steps on half the batch, so for the one-network
 methods the ceiling is 2 x (steps/s of batch 64, two at once) / (steps/s of batch 128 alone) in
-images; a NoProp-DT block group keeps batch 128. What `noprop bench --what workers` measures on top
+images; a NoProp-DT block group keeps batch 128. With `--batch per-rank` every process steps on
+128 images (a fixed batch per worker, as `noprop bench --what workers --workers-batch per-rank`
+runs), so the ceiling is what sharing the machine alone leaves. What `noprop bench --what workers` measures on top
 of this is the cost of the exchange; the gloo all-reduce of each method's per-step gradient is also
 timed alone, between two pinned processes (bench/collective_latency.py), through gloo and through the
-shared-memory sum the ranks of one machine use. Writes results/two-process-ceiling-<cpu class>.json;
+shared-memory sum the ranks of one machine use. Writes results/two-process-ceiling[-per-rank]-<cpu class>.json;
 `noprop results` renders its table in docs/performance.md.
 
     python bench/two_process_ceiling.py [--methods dt ct fm backprop adjoint cnn] [--precision fp32 bf16]
-                                        [--seconds 6] [--repeats 2]
+                                        [--seconds 6] [--repeats 2] [--batch global|per-rank]
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def images_per_s(method: str, precision: str, batch: int, processes: int, second
     return rates
 
 
-def measure(method: str, precision: str, seconds: float, repeats: int = 2) -> dict:
+def measure(method: str, precision: str, seconds: float, repeats: int = 2, batch: str = "global") -> dict:
     """The best of `repeats` windows for each figure (the least disturbed by the rest of the machine)."""
     def best(batch: int, processes: int) -> list[float]:
         return max((images_per_s(method, precision, batch, processes, seconds) for _ in range(repeats)), key=sum)
     alone = best(128, 1)[0]
-    rank_batch = 128 if method == "dt" else 64  # a block group keeps the batch; a data shard halves it
-    half_alone = best(rank_batch, 1)[0]
+    # a block group keeps the batch; a data shard halves the global one, or keeps 128 per rank
+    shards = 1 if method == "dt" else 2  # NoProp-DT's two processes are two block groups of one shard
+    rank_batch = bench.workers_batch_size(method, 2, batch) // shards
+    half_alone = alone if rank_batch == 128 else best(rank_batch, 1)[0]
     together = best(rank_batch, 2)
     row = {"method": method, "precision": precision, "rank_batch": rank_batch,
            "alone_batch128_images_per_s": alone, "alone_rank_batch_images_per_s": half_alone,
@@ -83,8 +87,10 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--repeats", type=int, default=2, help="windows per figure; the best counts")
+    ap.add_argument("--batch", choices=bench.WORKERS_BATCH, default="global",
+                    help="global: a data shard steps on 64 (the paper's 128 split in two); per-rank: on 128")
     a = ap.parse_args()
-    rows = [measure(m, p, a.seconds, a.repeats) for p in a.precision for m in a.methods]
+    rows = [measure(m, p, a.seconds, a.repeats, a.batch) for p in a.precision for m in a.methods]
     sizes = {m: step_sum_values(m) for m in a.methods}
     todo = [(f"{n} values", n, torch.float32) for n in sorted(set(sizes.values()))]  # ct, fm, adjoint: one net
     sums = {r["values"]: r for r in time_sums(todo, repeats=20)}
@@ -96,7 +102,8 @@ def main() -> None:
         print(f"{r['method']}: sum of {4 * n / 1e6:.2f} MB: gloo {r['allreduce_ms']:.2f} ms, shared memory "
               f"{r['shared_memory_sum_ms'] or float('nan'):.2f} ms (a step, two at once: "
               f"{r['step_ms_two_at_once']:.1f} ms)")
-    save_study(ROOT, "two-process-ceiling", "bench/two_process_ceiling.py", sys.argv[1:],
+    study = "two-process-ceiling" + ("-per-rank" if a.batch == "per-rank" else "")
+    save_study(ROOT, study, "bench/two_process_ceiling.py", sys.argv[1:],
                {"threads": 1, "rows": rows})
 
 

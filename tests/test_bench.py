@@ -215,6 +215,10 @@ def test_two_process_ceiling_runs_two_real_processes():
     assert all(r > 0 for r in row["two_at_once_images_per_s"])
     assert row["ceiling"] == pytest.approx(sum(row["two_at_once_images_per_s"]) / row["alone_batch128_images_per_s"])
     assert row["ceiling"] == pytest.approx(2 * row["batch_effect"] * row["sharing_effect"])
+    # --batch per-rank: each process steps on 128, the batch of one process alone, so only sharing counts
+    per_rank = _bench_script("two_process_ceiling").measure("ct", "fp32", 0.3, repeats=1, batch="per-rank")
+    assert per_rank["rank_batch"] == 128 and per_rank["batch_effect"] == 1.0
+    assert per_rank["ceiling"] == pytest.approx(2 * per_rank["sharing_effect"])
     sums = _bench_script("collective_latency")  # the sums' sizes and their timing, shared by both scripts
     from noprop import models
     from noprop.config import Config
