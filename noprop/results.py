@@ -387,27 +387,34 @@ def table_collectives(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-# bench/step_breakdown.py's settings: (result key, label, processes, global batch = images a step)
-STEP_SETTINGS = (("one_process_batch128", "1 process, batch 128", 1, 128),
-                 ("one_process_batch64", "1 process, batch 64", 1, 64),
-                 ("two_processes_batch64_each", "2 processes, 64 each", 2, 128))
+# bench/step_breakdown.py's settings: (result key, label, processes, global batch = images a step,
+# whether the processes exchange: False runs them at once but each alone, a one-process job each).
+# "global" keeps the paper's 128 split over the shards; "per-rank" gives each process 128.
+STEP_SETTINGS = {
+    "global": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
+               ("one_process_batch64", "1 process, batch 64", 1, 64, True),
+               ("two_processes_batch64_each", "2 processes, 64 each", 2, 128, True)),
+    "per-rank": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
+                 ("two_alone_batch128_each", "2 processes at once, no exchange, 128 each", 2, 256, False),
+                 ("two_processes_batch128_each", "2 processes, 128 each", 2, 256, True)),
+}
 
 
 def table_step_breakdown(r: dict) -> str:
     """bench/step_breakdown.py: a training step part by part, in one process and in each of two
-    data-parallel ones (rank 0 / rank 1); images/s relative to one process at batch 128."""
+    (rank 0 / rank 1, or the two lone processes); images/s relative to one process at batch 128."""
     out = ["| method | precision | setting | step (ms) | compute and the rest (ms) | sums (ms) | of which waiting "
            "(ms) | optimizer (ms) | images/s | vs 1 process, batch 128 |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         base = 128e3 / x["one_process_batch128"][0]["step_ms"]
-        for key, label, _, images_per_step in STEP_SETTINGS:
+        for key, label, _, images_per_step, exchange in STEP_SETTINGS[r.get("batch", "global")]:
             ranks = x[key]
 
             def each(k, ranks=ranks):
                 return " / ".join(f"{q[k]:.1f}" for q in ranks)
             ips = images_per_step * 1e3 / max(q["step_ms"] for q in ranks)  # the slower rank sets the pace
-            sums, waiting = (each("sums_ms"), each("waiting_ms")) if len(ranks) > 1 else ("–", "–")
+            sums, waiting = (each("sums_ms"), each("waiting_ms")) if len(ranks) > 1 and exchange else ("–", "–")
             out.append(f"| {x['method']} | {x['precision']} | {label} | {each('step_ms')} | {each('compute_ms')} | "
                        f"{sums} | {waiting} | {each('optimizer_ms')} | {ips:.0f} | {ips / base:.2f}x |")
     return "\n".join(out) + "\n"

@@ -266,6 +266,17 @@ def test_step_breakdown_table():
     assert ("| ct | fp32 | 2 processes, 64 each | 60.0 / 64.0 | 56.0 / 60.5 | 3.0 / 2.5 | 1.0 / 0.5 | 1.0 / 1.0 "
             "| 2000 | 1.56x |") in out
     assert "`results/step-breakdown-avx2.json`" in out
+    # --batch per-rank: two lone processes at once, then two ranks, each at 128 (256 images a step)
+    per_rank = {**r, "batch": "per-rank", "rows": [
+        {"method": "ct", "precision": "fp32", "one_process_batch128": [rank(100.0)],
+         "two_alone_batch128_each": [rank(101.0), rank(104.0)],
+         "two_processes_batch128_each": [rank(110.0, 3.0, 1.0), rank(112.0, 2.5, 0.5)]}]}
+    out = render("steps:step-breakdown-per-rank-avx2", {"step-breakdown-per-rank-avx2": per_rank})
+    assert ("| ct | fp32 | 2 processes at once, no exchange, 128 each | 101.0 / 104.0 | 100.0 / 103.0 | – | – "
+            "| 1.0 / 1.0 | 2462 | 1.92x |") in out
+    assert ("| ct | fp32 | 2 processes, 128 each | 110.0 / 112.0 | 106.0 / 108.5 | 3.0 / 2.5 | 1.0 / 0.5 "
+            "| 1.0 / 1.0 | 2286 | 1.79x |") in out
+    assert "1 process, batch 64" not in out
 
 
 @pytest.mark.slow
@@ -283,4 +294,11 @@ def test_step_breakdown_times_real_data_parallel_steps():
     for r in one + two:
         assert 0 < r["optimizer_ms"] < r["step_ms"] and r["waiting_ms"] <= r["sums_ms"] < r["step_ms"]
         assert r["compute_ms"] == pytest.approx(r["step_ms"] - r["sums_ms"] - r["optimizer_ms"])
-    assert row["speed_up"] > 0
+    assert row["speed_up"] == pytest.approx(one[0]["step_ms"] / max(r["step_ms"] for r in two))
+    # --batch per-rank: two lone one-process jobs (no sums at all) beside two ranks, all at 128 each
+    row = sb.measure("cnn", "fp32", images=512, batch="per-rank")
+    alone, ranks = row["two_alone_batch128_each"], row["two_processes_batch128_each"]
+    assert len(alone) == 2 and all(r["steps"] == 4 and r["sums_per_step"] == 0 for r in alone)
+    assert len(ranks) == 2 and all(r["steps"] == 2 and r["sums_per_step"] >= 2 + 4 for r in ranks)
+    assert row["speed_up"] == pytest.approx(2 * row["one_process_batch128"][0]["step_ms"]
+                                            / max(r["step_ms"] for r in ranks))
