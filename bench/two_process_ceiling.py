@@ -1,14 +1,15 @@
 """The most two processes can gain on this machine, with no communication at all: each method's
-training step timed in one process alone, then in two processes at once (1 thread each, pinned to
-a core each, started together). A data-parallel rank steps on half the batch, so for the one-network
+training step timed in one process alone, then in two processes at once (1 thread each, pinned to a
+core each, started together). A data-parallel rank steps on half the batch, so for the one-network
 methods the ceiling is 2 x (steps/s of batch 64, two at once) / (steps/s of batch 128 alone) in
-images; a NoProp-DT block group keeps batch 128. With `--batch per-rank` every process steps on
-128 images (a fixed batch per worker, as `noprop bench --what workers --workers-batch per-rank`
-runs), so the ceiling is what sharing the machine alone leaves. What `noprop bench --what workers` measures on top
-of this is the cost of the exchange; the gloo all-reduce of each method's per-step gradient is also
-timed alone, between two pinned processes (bench/collective_latency.py), through gloo and through the
-shared-memory sum the ranks of one machine use. Writes results/two-process-ceiling[-per-rank]-<cpu class>.json;
-`noprop results` renders its table in docs/performance.md.
+images; a NoProp-DT block group keeps batch 128. With `--batch per-rank` every process steps on 128
+images (a fixed batch per worker, as `noprop bench --what workers --workers-batch per-rank` runs),
+so the ceiling is what sharing the machine alone leaves. What `noprop bench --what workers` measures
+on top of this is the cost of the exchange; the gloo all-reduce of each method's per-step gradient
+is also timed alone, between two pinned processes (bench/collective_latency.py), through gloo and
+through the shared-memory sum the ranks of one machine use. Writes
+results/two-process-ceiling[-per-rank]-<cpu class>.json; `noprop results` renders its table in
+docs/performance.md.
 
     python bench/two_process_ceiling.py [--methods dt ct fm backprop adjoint cnn] [--precision fp32 bf16]
                                         [--seconds 6] [--repeats 2] [--batch global|per-rank]
