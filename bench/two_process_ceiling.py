@@ -68,8 +68,7 @@ def measure(method: str, precision: str, seconds: float, repeats: int = 2, batch
         return max((images_per_s(method, precision, batch, processes, seconds) for _ in range(repeats)), key=sum)
     alone = best(128, 1)[0]
     # a block group keeps the batch; a data shard halves the global one, or keeps 128 per rank
-    shards = 1 if method == "dt" else 2  # NoProp-DT's two processes are two block groups of one shard
-    rank_batch = bench.workers_batch_size(method, 2, batch) // shards
+    rank_batch = bench.workers_batch_size(method, 2, batch) // bench.data_shards(method, 2)
     half_alone = alone if rank_batch == 128 else best(rank_batch, 1)[0]
     together = best(rank_batch, 2)
     row = {"method": method, "precision": precision, "rank_batch": rank_batch,

@@ -191,6 +191,14 @@ def _train_run(options: list[str], what: str, timeout: float, env: dict | None =
 WORKERS_BATCH = ("global", "per-rank")
 
 
+def data_shards(method: str, world: int) -> int:
+    """How many data shards a `world`-process run of the method has: the ranks over its block groups
+    (`noprop train --workers N` picks the groups; a one-network method has one, NoProp-DT up to T)."""
+    from .models import blocks_for
+    from .parallel import choose_groups
+    return world // choose_groups(blocks_for(Config(method=method).validate()), world)
+
+
 def workers_batch_size(method: str, world: int, batch: str = "global") -> int:
     """The global batch of a `world`-process run: the method's own (128, the paper's) whatever the
     process count ("global": the same training, split), or that many per data shard ("per-rank": the
@@ -201,9 +209,7 @@ def workers_batch_size(method: str, world: int, batch: str = "global") -> int:
         raise ValueError(f"workers batch {batch!r}: choose one of {', '.join(WORKERS_BATCH)}")
     if batch == "global" or world == 1:
         return cfg.batch_size
-    from .models import blocks_for
-    from .parallel import choose_groups
-    return cfg.batch_size * (world // choose_groups(blocks_for(cfg), world))
+    return cfg.batch_size * data_shards(method, world)
 
 
 def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epochs: int = 2,
