@@ -150,3 +150,48 @@ def test_the_trainers_collectives_go_through_shared_memory(method):
         assert calls["shard"] >= 1  # DistributedDataParallel's buckets, through the comm hook
         assert calls.get("batchnorm", 0) == 2 * bn_layers  # each synchronised layer, forward and backward
     assert (bn_layers > 0) == (method == "backprop")
+
+
+def _one_network_steps(rank, world, method, host_sum):
+    os.environ["NOPROP_HOST_SUM"] = host_sum
+    from noprop import parallel
+    from noprop.config import Config
+    from noprop.data import load_data
+    from noprop.trainer import DivergenceError, Trainer
+    cfg = Config(method=method, T=3, batch_size=16, train_subset=64, val_subset=16, test_subset=16,
+                 epochs=1).validate()
+    tr = Trainer(cfg, load_data(cfg), None, quiet=True, dist=parallel.Dist(rank, world, 1))
+    names = {None: "world", tr.sync.shard_group: "shard"}
+    g = torch.Generator().manual_seed(0)  # the same global batch on both ranks, as from the epoch's order
+    x, y = tr._batch(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g))
+    tr.step(tr.blocks, x, y, "step 1", 0.0)
+    before = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    tr.step(tr.blocks, x, y, "step 2", 0.0)
+    after = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    weights = [p.detach().clone() for p in tr.model.parameters()]
+    try:  # rank 1's images turn to NaN: both ranks must stop before any update
+        tr.step(tr.blocks, x * float("nan") if rank == 1 else x, y, "step 3", 0.0)
+        raised = None
+    except DivergenceError as e:
+        raised = str(e)
+    unchanged = all(torch.equal(a, p) for a, p in zip(weights, tr.model.parameters()))
+    bn_layers = sum(isinstance(m, torch.nn.BatchNorm1d) for m in tr.model.modules())
+    return {k: after[k] - before[k] for k in after}, bn_layers, raised, unchanged
+
+
+@pytest.mark.parametrize("method, host_sum", [("ct", "1"), ("backprop", "1"), ("ct", "0")])
+def test_a_rank_whose_loss_turns_nan_stops_every_rank_before_the_update(method, host_sum):
+    """The status word a data-parallel step sums (through shared memory, or gloo with
+    NOPROP_HOST_SUM=0): one rank's NaN loss stops both ranks, each saying which, and neither
+    updates its weights; the good steps before it met through shared memory where allowed."""
+    (calls0, bn, raised0, same0), (calls1, _, raised1, same1) = _run(_one_network_steps, 2, method, host_sum)
+    for calls in (calls0, calls1):
+        if host_sum == "1":  # the gradient bucket(s) and the status word, and each BatchNorm layer twice
+            assert calls["shard"] >= 1 and calls["world"] == 1 and calls.get("batchnorm", 0) == 2 * bn
+        else:
+            assert calls == {}
+    assert (bn > 0) == (method == "backprop")
+    assert raised1 is not None and "non-finite loss" in raised1 and "step 3" in raised1
+    # rank 0's own loss stays finite, unless synchronised BatchNorm's global statistics carry the NaN over
+    assert raised0 is not None and ("non-finite loss" if bn else "another worker's loss became non-finite") in raised0
+    assert same0 and same1
