@@ -162,8 +162,8 @@ def _one_network_steps(rank, world, method, host_sum):
                  epochs=1).validate()
     tr = Trainer(cfg, load_data(cfg), None, quiet=True, dist=parallel.Dist(rank, world, 1))
     names = {None: "world", tr.sync.shard_group: "shard"}
-    g = torch.Generator().manual_seed(0)  # the same global batch on both ranks, as from the epoch's order
-    x, y = tr._batch(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g))
+    gen = torch.Generator().manual_seed(0)  # the same global batch on both ranks, as from the epoch's order
+    x, y = tr._batch(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen))
     tr.step(tr.blocks, x, y, "step 1", 0.0)
     before = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
     tr.step(tr.blocks, x, y, "step 2", 0.0)
