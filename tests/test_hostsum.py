@@ -123,6 +123,14 @@ def test_a_rank_that_never_arrives_is_an_error_after_the_timeout():
     assert name == "DistributedError" and "NOPROP_DIST_TIMEOUT" in message
 
 
+def _sums_made(sync) -> dict:
+    """How many sums each of the trainer's groups has made through shared memory so far: the world
+    (the status word), the shard group (DDP's buckets), the rest (synchronised BatchNorm)."""
+    from noprop import parallel
+    names = {None: "world", sync.shard_group: "shard"}
+    return {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+
+
 def _trainer_collectives(rank, world, method):
     from noprop import parallel
     from noprop.config import Config
@@ -132,14 +140,13 @@ def _trainer_collectives(rank, world, method):
     bn_layers = sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
     d = parallel.Dist(rank, world, 1)
     sync = parallel.Collectives(d, model, torch.device("cpu"))
-    names = {None: "world", sync.shard_group: "shard"}
     # the sums made through shared memory by one training step of the wrapped model, per group
-    before = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    before = _sums_made(sync)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     fwd = sync.wrap(model)
     parts = fwd(x, y, None if model.num_blocks == 1 else [1, 2, 3])
     parts["loss"].backward()
-    after = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    after = _sums_made(sync)
     return {k: after[k] - before[k] for k in after}, bn_layers
 
 
@@ -161,13 +168,12 @@ def _one_network_steps(rank, world, method, host_sum):
     cfg = Config(method=method, T=3, batch_size=16, train_subset=64, val_subset=16, test_subset=16,
                  epochs=1).validate()
     tr = Trainer(cfg, load_data(cfg), None, quiet=True, dist=parallel.Dist(rank, world, 1))
-    names = {None: "world", tr.sync.shard_group: "shard"}
     gen = torch.Generator().manual_seed(0)  # the same global batch on both ranks, as from the epoch's order
     x, y = tr._batch(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen))
     tr.step(tr.blocks, x, y, "step 1", 0.0)
-    before = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    before = _sums_made(tr.sync)
     tr.step(tr.blocks, x, y, "step 2", 0.0)
-    after = {names.get(g, "batchnorm"): hs.calls for g, hs in parallel._host_sums.items()}
+    after = _sums_made(tr.sync)
     weights = [p.detach().clone() for p in tr.model.parameters()]
     try:  # rank 1's images turn to NaN: both ranks must stop before any update
         tr.step(tr.blocks, x * float("nan") if rank == 1 else x, y, "step 3", 0.0)
