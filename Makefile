@@ -5,8 +5,9 @@
 # whole suite runs on every submission; `make test-all` does both, `make lint` ruff alone.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel of torch 2.13.0 lies on this project's machines; pinning it here keeps pip from
-# pulling a multi-GB CUDA build. Override with `make TORCH=torch==X.Y.Z` elsewhere.
+# torch==2.13.0 resolves to a local CPU wheel on the machines this project is developed on. Elsewhere
+# PyPI's Linux torch is a multi-GB CUDA build: install the CPU build into .venv first (README,
+# "Installing torch elsewhere") and run `make run TORCH=torch`, which then installs nothing more.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 

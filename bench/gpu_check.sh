@@ -4,7 +4,7 @@
 #
 #     bash bench/gpu_check.sh            (from the repository root, with noprop installed)
 #
-# It has not run yet: no GPU was lent to this project's sessions. A 2-rank NCCL run needs one GPU per
+# The project has not run it on a GPU yet. A 2-rank NCCL run needs one GPU per
 # rank (NCCL refuses two ranks on one GPU); with a single GPU that step is recorded as not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

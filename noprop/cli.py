@@ -30,7 +30,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    "and the bundled MNIST)")
     p.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
     p.add_argument("--offline", action="store_true", help="never download (also NOPROP_OFFLINE=1)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; `train` in one process: "
+                   "one per core that other processes leave idle, looked at again as it trains)")
     _plugin_arg(p)
 
 
@@ -69,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--head-init", help="DT: bayes | random; backprop: decoder | random; None means the method's")
     opt("--logit-scale", type=float, help="backprop: start of the head's learnable logit scale; None means 10")
     opt("--epochs", type=int)
-    opt("--minutes", type=float, help="training time budget: stop after the epoch or block pass that "
-        "crosses it, then save and evaluate")
+    opt("--minutes", type=float, help="training time budget, then save and evaluate; NoProp-DT in paper "
+        "order divides it among the epoch's block passes, so every block trains")
     opt("--batch-size", type=int, help="the global batch (split over the data shards of a parallel run)")
     opt("--optimizer", choices=OPTIMIZERS, help="None means the method's (Table 3's)")
     opt("--lr", type=float)

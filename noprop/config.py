@@ -62,8 +62,8 @@ class Config:
     augment: bool = False           # random crop (pad 4) + horizontal flip; the paper used none
     eval_batch_size: int = 1000
     test_curve: bool = False        # also record test accuracy each epoch, for plots (never for selection)
-    minutes: float | None = None    # training time budget: stop after the epoch or block pass that
-                                    # crosses it (then save and evaluate as usual)
+    minutes: float | None = None    # training time budget (then save and evaluate as usual); paper
+                                    # order divides it among the epoch's block passes (trainer.py)
     deterministic: bool = False     # deterministic kernels, and data-parallel noise drawn for the whole
                                     # global batch, so results do not depend on the worker count
     block_groups: int | None = None  # parallel runs: G block groups x (workers / G) data shards;

@@ -9,7 +9,7 @@ embedding, conditioned on the image. No gradient crosses from one block to anoth
     inference         z_0 ~ N(0, I);  z_t = a_t u_hat_t(z_{t-1}, x) + b_t z_{t-1} + sqrt(c_t) eps  (Eq. 3)
                       y_hat = argmax head(z_T)                                                   (Eq. 14)
 
-Choices the paper leaves open, made here (and listed in the README):
+Choices the paper leaves open, made here (and listed in docs/choices.md):
 - u_y is *not* stop-gradient in the L2 term, and all samples are reparameterised, so a learned
   W_Embed gets the exact gradient of Eq. 8.
 - The posterior head (Eq. 15-16) uses sigma = 1 unless told otherwise.

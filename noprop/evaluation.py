@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from . import device
 from .data import Split
@@ -60,7 +61,7 @@ class Run:
 @torch.no_grad()
 def predict_proba_runs(model: Method, images: torch.Tensor | Split, runs: list[Run], batch_size: int | None = None,
                        channels_last: bool | None = None, autocast_dtype="auto", steps: int | None = None,
-                       solver: str | None = None) -> list[torch.Tensor]:
+                       solver: str | None = None, progress: str | None = None) -> list[torch.Tensor]:
     """Class probabilities for every image under each run (averaged over a run's K chains). Takes
     images only: labels never enter.
 
@@ -68,7 +69,8 @@ def predict_proba_runs(model: Method, images: torch.Tensor | Split, runs: list[R
     after batch, so a run's numbers do not depend on which other runs are computed beside it. The
     images' features (model.image_features: the convolutions, which see no noise) are computed once
     per batch and shared by all the runs: 5 stochastic + 5 no-noise runs of NoProp-DT cost about
-    one conv pass per block instead of ten."""
+    one conv pass per block instead of ten. progress: a progress bar over the images with this
+    description (None: none)."""
     if any(r.ensemble < 1 for r in runs):
         raise ValueError(f"ensemble must be >= 1, got {min(r.ensemble for r in runs)}")
     x = images.x if isinstance(images, Split) else images
@@ -80,6 +82,7 @@ def predict_proba_runs(model: Method, images: torch.Tensor | Split, runs: list[R
     dev = next(model.parameters()).device
     gens = [torch.Generator().manual_seed(r.seed) for r in runs]  # on the CPU: the same noise on every device
     out: list[list[torch.Tensor]] = [[] for _ in runs]
+    bar = tqdm(total=len(x), desc=progress, unit="img", leave=False, disable=progress is None or None)
     for xb in batches_of_images(x, batch_size, channels_last, dev):
         with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             feats = model.image_features(xb)
@@ -91,6 +94,8 @@ def predict_proba_runs(model: Method, images: torch.Tensor | Split, runs: list[R
                                                   **shared)
                     total = total + logits.float().softmax(-1)
                 probs.append((total / run.ensemble).cpu())
+        bar.update(len(xb))
+    bar.close()
     return [torch.cat(p) for p in out]
 
 

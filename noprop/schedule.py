@@ -82,7 +82,7 @@ class DiscreteSchedule:
 class CosineSchedule(DiscreteSchedule):
     """The fixed cosine schedule of NoProp-DT.
 
-    The paper says only "a fixed cosine noise schedule". Our choice (documented in the README):
+    The paper says only "a fixed cosine noise schedule". Our choice (documented in docs/choices.md):
 
         alpha_bar_t = eps + (1 - 2 eps) * cos^2( (pi / 2) * (1 - t / T) ),   t = 0..T
 

@@ -10,6 +10,11 @@ parameters all blocks share (NoProp-DT's head and a learned W_Embed). Three orde
               block's weighted L2: each block still gets exactly the gradient of its own L_t);
 - ``random``: one block drawn uniformly per minibatch (the unbiased estimator of Eq. 58).
 
+A time budget (cfg.minutes) in paper order is divided among the epoch's block passes: each pass may
+take the budget left over the passes left, so a budget shorter than an epoch still trains every
+block, in Algorithm 1's order, on its share of the images. With one pass per epoch the budget is
+checked after every step and a resume continues inside the pass.
+
 Every block pass starts from RNG state derived from (seed, epoch, block) alone, so a resumed run
 draws the same data order and noise as an uninterrupted one, and a block trains identically on
 whichever process owns it. Collectives (parallel runs) are parallel.py's; model building and
@@ -67,6 +72,9 @@ def match_layout(opt: torch.optim.Optimizer) -> None:
                 st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
+BUDGET_CHECK_EVERY = 8  # steps between the ranks' checks of a pass's share of a time budget
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2 ** 63)
 
@@ -77,7 +85,7 @@ def block_seed(seed: int, epoch: int, block: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, data: Dataset, out_dir: str | os.PathLike | None = None, quiet: bool = False,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, adapt_threads: bool = False):
         self.cfg, self.data, self.dist = cfg.validate(), data, dist
         self.out = Path(out_dir) if out_dir is not None else None
         self.folder = RunFolder(out_dir) if out_dir is not None else None
@@ -105,6 +113,12 @@ class Trainer:
         self.rng_state = None   # the RNG state at such a stop, so that the resume continues exactly
         self.best_val = -1.0
         self.history: list[dict] = []
+        self.epoch_steps = [0] * self.model.num_blocks  # each block's optimizer steps in the current epoch
+        # a single CPU process whose threads were not chosen: as many as the cores others leave idle
+        self.threads = device.IdleCoreThreads() if adapt_threads and not dist.active and \
+            self.device.type == "cpu" else None
+        self.threads_used = {torch.get_num_threads()}
+        self.val_rules: dict | None = None  # the last epoch's validation accuracy under each rule
         self.started = time.perf_counter()
 
     # --- run folder ------------------------------------------------------------------------------
@@ -268,11 +282,16 @@ class Trainer:
         n_batches = len(self.data.train) // cfg.batch_size
         sums: dict = {}
         passes = self.passes()
-        step_budget = self.model.num_blocks == 1 and not self.dist.active and cfg.minutes is not None
+        step_budget = len(passes) == 1 and not self.dist.active and cfg.minutes is not None
+        # Paper order under a budget: the budget left is divided among the epoch's passes left, so a
+        # budget shorter than the epoch trains every block on its share instead of leaving the last
+        # blocks untrained (a pass that ends early hands its leftover time on to the next ones).
+        share_budget = len(passes) > 1 and cfg.minutes is not None
         sharded = noise.sharded(self.dist.shard, self.dist.shards) if cfg.deterministic else contextlib.nullcontext()
         with sharded:
             for i in range(self.passes_done, len(passes)):
                 blocks = passes[i]
+                deadline = self._pass_deadline(len(passes) - i) if share_budget else None
                 gen = self._seed_pass(e, blocks)
                 if bar is not None and blocks and self.model.num_blocks > 1 and cfg.order == "paper":
                     bar.set_postfix_str(f"block {blocks[0]}/{self.model.num_blocks}")
@@ -284,6 +303,11 @@ class Trainer:
                         blocks = [int(torch.randint(1, self.model.num_blocks + 1, (1,), generator=gen))]
                     if step < first:  # done before a budget stop: the same draws, no step
                         continue
+                    if self.threads is not None and step % 25 == 0 and self.threads.adjust():
+                        self.threads_used.add(torch.get_num_threads())
+                        if bar is not None:
+                            bar.set_postfix_str(f"{torch.get_num_threads()} thread(s): a core is busy elsewhere"
+                                                if torch.get_num_threads() < self.threads.cores else "")
                     if step == first and self.rng_state is not None:
                         torch.set_rng_state(self.rng_state)
                         self.rng_state = None
@@ -295,13 +319,19 @@ class Trainer:
                         parts = self.step(blocks, *self._batch(x, y), where, self.epoch + step / n_batches)
                     if parts is not None:
                         self._record(sums, blocks, parts)
+                    for t in blocks or []:
+                        self.epoch_steps[t - 1] += 1
                     if bar is not None:
                         bar.update()
                     if step_budget and step + 1 < n_batches and self._budget_spent():
                         self.steps_done, self.rng_state = step + 1, torch.get_rng_state()
                         return self._means(sums), False
+                    if deadline is not None and step + 1 < n_batches and self._past(deadline, step):
+                        if bar is not None:
+                            bar.update(n_batches - step - 1)
+                        break  # this pass's share of the budget is spent: the next block takes its turn
                 self.passes_done, self.steps_done = i + 1, 0
-                if i + 1 < len(passes) and self._budget_spent():
+                if not share_budget and i + 1 < len(passes) and self._budget_spent():
                     return self._means(sums), False
         if self.sync is not None:
             self.sync.gather_blocks(self.blocks, self.block_opts, match_layout)
@@ -333,6 +363,20 @@ class Trainer:
                 out[k] = s / max(n, 1)
         return out
 
+    def _pass_deadline(self, passes_left: int) -> float:
+        """When the pass starting now must end: now plus its share of the budget left."""
+        now = time.perf_counter()
+        return now + max(0.0, self.started + 60 * self.cfg.minutes - now) / passes_left
+
+    def _past(self, deadline: float, step: int) -> bool:
+        """Whether a pass's deadline is past, after at least one step of it. Ranks step together, so
+        rank 0's clock decides for every rank, asked every BUDGET_CHECK_EVERY steps (a collective)."""
+        if not self.dist.active:
+            return time.perf_counter() >= deadline
+        if (step + 1) % BUDGET_CHECK_EVERY:
+            return False
+        return bool(gather(self.dist, time.perf_counter() >= deadline)[0])
+
     def _budget_spent(self) -> bool:
         """Whether the time budget is spent; rank 0's clock decides for every rank."""
         if self.cfg.minutes is None:
@@ -343,8 +387,16 @@ class Trainer:
         return spent
 
     # --- evaluation during training ----------------------------------------------------------------
-    def validate(self) -> float:
-        return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed)[0]
+    def validate(self, last: bool = False) -> float:
+        """Validation accuracy under the paper's rule (one inference run), which chooses the best
+        checkpoint. After the last epoch the final evaluation's rules are scored in the same pass (the
+        image features computed once) and kept in self.val_rules: the rule for the test set is chosen
+        from them, with no second pass over the validation images."""
+        if not last:
+            return accuracy_runs(self.model, self.data.val, runs=1, seed=self.cfg.seed)[0]
+        self.val_rules = rules_accuracy(self.model, self.data.val, 1, seed=self.cfg.seed,
+                                        rules=("stochastic", "no-noise"), progress=None if self.quiet else "validating")
+        return self.val_rules["stochastic"]["mean"]
 
     def fit(self, resume: bool = False, log=print, stop=None) -> dict:
         """Train until cfg.epochs, the time budget (cfg.minutes), or until stop(history) is true after
@@ -358,10 +410,19 @@ class Trainer:
             with tqdm(total=(passes_per_epoch - self.passes_done) * n_batches, leave=False, unit="step",
                       desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}{budget}", disable=self.quiet or None,
                       postfix=self._bar_postfix()) as bar:
+                self.epoch_steps = [0] * self.model.num_blocks
                 stats, finished = self.train_epoch(bar)
             stats["peak_memory_mb"] = gather(self.dist, device.peak_memory_mb(self.device))
+            if self.threads is not None:  # the thread counts this epoch used, as other processes came and went
+                stats["threads"], self.threads_used = sorted(self.threads_used), {torch.get_num_threads()}
+            # each block's steps this epoch (a group's shards step alike; other groups count 0)
+            stats["steps_per_block"] = [max(c) for c in zip(*gather(self.dist, self.epoch_steps))]
             train_s = time.perf_counter() - t0
             done_fraction = (self.passes_done + self.steps_done / n_batches) / passes_per_epoch
+            cut = finished and self.cfg.order == "paper" and passes_per_epoch > 1 and \
+                sum(stats["steps_per_block"]) < n_batches * self.model.num_blocks
+            if cut:  # every pass ran, each on its share of the budget
+                done_fraction = sum(stats["steps_per_block"]) / (n_batches * self.model.num_blocks)
             if finished:
                 self.epoch += 1
             elif self.model.num_blocks > 1:
@@ -370,11 +431,13 @@ class Trainer:
                 stats["steps_trained"] = self.steps_done
             stop_now = not finished or self._budget_spent()
             if self.dist.main:
+                last = stop_now or self.epoch >= self.cfg.epochs
                 with self.alone():
-                    val = self.validate() if len(self.data.val) else float("nan")
+                    val = self.validate(last) if len(self.data.val) else float("nan")
                 best = val > self.best_val
                 self.best_val = max(val, self.best_val)
-                entry = {"epoch": self.epoch + (0 if finished else done_fraction),
+                entry = {"epoch": self.epoch - 1 + done_fraction if cut else
+                         self.epoch + (0 if finished else done_fraction),
                          **stats, "val_acc": val, "train_seconds": train_s}
                 if self.cfg.test_curve:  # for plots only: selection never looks at it
                     entry["test_acc"] = accuracy_runs(self.model, self.data.test, runs=1, seed=self.cfg.seed)[0]
@@ -385,6 +448,10 @@ class Trainer:
                     losses = "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if isinstance(v, float))
                     what = f"epoch {self.epoch}/{self.cfg.epochs}" if finished else \
                         f"time budget spent {100 * done_fraction:.0f}% into epoch {self.epoch + 1}"
+                    if cut:
+                        steps = stats["steps_per_block"]
+                        what += (f" (time budget: each block trained on its share, {min(steps)}-{max(steps)} "
+                                 f"of {n_batches} steps)")
                     log(f"{what}: {losses}  val acc {val:.2f}%  ({train_s:.0f}s train)")
                 stop_now = stop_now or (stop is not None and stop(self.history))
             if self.dist.active:
@@ -394,6 +461,14 @@ class Trainer:
             if stop_now:
                 break
         return {"epochs": self.epoch, "best_val": self.best_val}
+
+    def steps_per_block(self) -> list[int] | None:
+        """Each block's optimizer steps over the whole run (None when a resumed history predates
+        the count)."""
+        counts = [h.get("steps_per_block") for h in self.history]
+        if not counts or any(c is None for c in counts):
+            return None
+        return [sum(c) for c in zip(*counts)]
 
     def alone(self):
         """Rank 0 validates and evaluates while the other ranks wait: on a CPU it may then use every
@@ -409,20 +484,27 @@ class Trainer:
 
 
 def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, train_images: int = 0,
-                     seed: int = 0, ensemble_runs: int = 1) -> dict:
+                     seed: int = 0, ensemble_runs: int = 1, val_rules: dict | None = None,
+                     progress: bool = False) -> dict:
     """Test accuracy of a trained model under every inference rule: the paper's stochastic rule and
     no-noise over `runs` inference runs each, and with ensemble = K > 0 the K-chain ensemble over
     `ensemble_runs` runs (each of K chains). With train_images > 0 also the training accuracy (paper's
     rule, one run) on that many training images (a fixed subset; Table 1's train column).
 
-    The same rules are also scored on the validation split (one run each), and the best of them there
-    is named "rule_chosen_on_val": which rule to trust for this model is chosen without the test set."""
+    The same rules are also scored on the validation split (one run each; val_rules: those the last
+    epoch's validation scored already), and the best of them there is named "rule_chosen_on_val":
+    which rule to trust for this model is chosen without the test set."""
     rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
+    bar = {"progress": "evaluating: test"} if progress else {}
     # one pass over each split for all its rules: each batch's image features are computed once
-    out = {"test": rules_accuracy(model, data.test, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs)}
+    out = {"test": rules_accuracy(model, data.test, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs, **bar)}
     if len(data.val):
-        out["val"] = rules_accuracy(model, data.val, 1, ensemble, seed, rules, ensemble_runs=1)
-        # ties (methods without noise score alike under every rule) go to the paper's rule, listed first
+        val = dict(val_rules or {})
+        missing = tuple(r for r in rules if (f"ensemble-{ensemble}" if r == "ensemble" else r) not in val)
+        if missing:
+            bar = {"progress": "evaluating: validation"} if progress else {}
+            val.update(rules_accuracy(model, data.val, 1, ensemble, seed, missing, ensemble_runs=1, **bar))
+        out["val"] = {k: val[k] for k in out["test"]}  # in the test's order: ties go to the paper's rule
         out["rule_chosen_on_val"] = max(out["val"], key=lambda r: out["val"][r]["mean"])
     if train_images:  # one inference run: the spread that matters here is the seeds'
         out["train"] = rules_accuracy(model, subset(data.train, train_images, 0), 1, 1, seed, ("stochastic",))
@@ -430,27 +512,57 @@ def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, tra
     return out
 
 
+def evaluation_estimate(model, data: Dataset, runs: int, ensemble: int, ensemble_runs: int) -> float:
+    """Seconds the final evaluation will take, from timing its plan on the first 100 test images."""
+    rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
+    n = min(100, len(data.test))
+    if n == 0:
+        return 0.0
+    t = time.perf_counter()
+    rules_accuracy(model, subset(data.test, n, 0), runs, ensemble, 0, rules, ensemble_runs=ensemble_runs)
+    return (time.perf_counter() - t) * len(data.test) / n
+
+
+def untrained(steps_per_block: list[int] | None) -> list[int]:
+    return [t for t, n in enumerate(steps_per_block or [], 1) if n == 0]
+
+
 def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool = False, quiet: bool = False,
         dist: Dist = SINGLE, log=print, t0: float | None = None, stop=None, ensemble: int = 0,
-        train_images: int = 0, ensemble_runs: int = 1):
+        train_images: int = 0, ensemble_runs: int = 1, adapt_threads: bool = False):
     """Train (or finish training) a run, then evaluate the final model on the test set (see
     final_evaluation), written to result.json when there is a run folder. Returns (trainer, result);
-    result is None on ranks > 0."""
+    result is None on ranks > 0. adapt_threads: torch's CPU threads follow the idle cores
+    (device.IdleCoreThreads)."""
     t0 = time.perf_counter() if t0 is None else t0
-    trainer = Trainer(cfg, data, out, quiet=quiet, dist=dist)
+    trainer = Trainer(cfg, data, out, quiet=quiet, dist=dist, adapt_threads=adapt_threads)
     summary = trainer.fit(resume=resume, log=log if dist.main else None, stop=stop)
     if not dist.main:
         return trainer, None
-    t_eval = time.perf_counter()
+    train_s = sum(h["train_seconds"] for h in trainer.history)
+    steps = trainer.steps_per_block()
+    if untrained(steps) and log:
+        log(f"WARNING: {describe_untrained(untrained(steps), len(steps))}")
+    if trainer.threads is not None:
+        trainer.threads.adjust()
     with trainer.alone():
-        ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs)
+        if log and not quiet:
+            guess = evaluation_estimate(trainer.model, data, eval_runs, ensemble, ensemble_runs)
+            plan = f"{eval_runs} run(s) of each rule" + (f", the {ensemble}-chain ensemble" if ensemble else "")
+            if guess > max(60.0, train_s):  # say so before it starts when it will dominate the run
+                log(f"the final evaluation ({plan} on {len(data.test):,} test images) will take about "
+                    f"{guess / 60:.1f} min, longer than the training ({train_s / 60:.1f} min); --eval-runs, "
+                    f"--ensemble and the method's --steps set its cost")
+        t_eval = time.perf_counter()
+        ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs,
+                              val_rules=trainer.val_rules, progress=not quiet)
     stochastic = ev["test"]["stochastic"]
     result = {"test_acc_mean": stochastic["mean"], "test_acc_se": stochastic["se"],
               "test_acc_runs": stochastic["runs"], **ev, "epochs": summary["epochs"],
               "epochs_fraction": trainer.history[-1]["epoch"] if trainer.history else 0,
               "best_val_acc": summary["best_val"], "wall_seconds": time.perf_counter() - t0,
-              "evaluation_seconds": time.perf_counter() - t_eval,
-              "train_seconds": sum(h["train_seconds"] for h in trainer.history),
+              "evaluation_seconds": time.perf_counter() - t_eval, "train_seconds": train_s,
+              "steps_per_block": steps, "untrained_blocks": untrained(steps),
               "model": "final epoch", "precision": trainer.precision, "device": str(trainer.device),
               "workers": dist.world, "block_groups": dist.groups, "machine": describe(trainer.device),
               **provenance()}
@@ -478,9 +590,10 @@ def worker(cfg_dict: dict, out: str, options: dict) -> None:
                     print(f"restart {parallel.restart_count()} by the elastic agent: resuming from {Path(out) / STATE}",
                           flush=True)
             _, result = run(cfg, data, out, options.get("eval_runs", 5), resume, options.get("quiet", False), d,
-                            ensemble=options.get("ensemble", 0), train_images=options.get("train_images", 0))
+                            ensemble=options.get("ensemble", 0), train_images=options.get("train_images", 0),
+                            adapt_threads=options.get("threads") is None)
             if d.main:
-                print(describe_result(result), flush=True)
+                print(describe_result(result, cfg), flush=True)
             finished = True
         finally:
             sys.stdout.flush()
@@ -493,13 +606,34 @@ def describe_start(cfg: Config, data: Dataset, out, d: Dist) -> str:
             f"{len(data.test)} test; run folder {out if out is not None else '(in memory)'}{layout}")
 
 
-def describe_result(result: dict) -> str:
+def describe_untrained(blocks: list[int], num_blocks: int) -> str:
+    return (f"{len(blocks)} of {num_blocks} blocks never trained (block(s) {', '.join(map(str, blocks))}): "
+            "give the run more time (--minutes) or let the budget reach every block (--order paper)")
+
+
+def describe_result(result: dict, cfg: Config | None = None) -> str:
+    """The run's headline: the test accuracy under the rule chosen on validation, the paper's rule
+    and the paper's own figure beside it, and where the time went."""
+    from .report import PAPER_TABLE1  # a leaf of tables; report imports the trainer's neighbours
     test = result["test"]
-    lines = [f"test accuracy (final model, {len(test['stochastic']['runs'])} inference runs): "
-             f"{test['stochastic']['mean']:.2f} +- {test['stochastic']['se']:.2f}%"]
-    others = [f"{rule} {r['mean']:.2f} +- {r['se']:.2f}%" for rule, r in test.items() if rule != "stochastic"]
-    if others:
-        lines.append(f"  other inference rules: {'; '.join(others)}")
+    chosen = result.get("rule_chosen_on_val", "stochastic")
+    r = test[chosen]
+    n = len(r["runs"])
+    lines = [f"test accuracy {r['mean']:.2f} +- {r['se']:.2f}% ({chosen} rule, chosen on validation; "
+             f"final model, {n} inference run{'s' if n > 1 else ''})"]
+    others = [f"{rule} {v['mean']:.2f} +- {v['se']:.2f}%" for rule, v in test.items() if rule != chosen]
+    paper = PAPER_TABLE1.get((cfg.method, cfg.embedding, cfg.dataset)) if cfg is not None else None
+    beside = ([f"the paper's rule (stochastic, Eq. 3): {test['stochastic']['mean']:.2f} +- "
+               f"{test['stochastic']['se']:.2f}%"] if chosen != "stochastic" else [])
+    beside += [o for o in others if not o.startswith("stochastic ")]
+    if paper:
+        beside.append(f"the paper (Table 1, its full training): {paper['test'][0]:.2f}%")
+    if beside:
+        lines.append("  " + "; ".join(beside))
+    lines.append(f"  wall time {result['wall_seconds']:.0f} s: training {result['train_seconds']:.0f} s, "
+                 f"evaluation {result['evaluation_seconds']:.0f} s")
+    if result.get("untrained_blocks"):
+        lines.append("  WARNING: " + describe_untrained(result["untrained_blocks"], len(result["steps_per_block"])))
     return "\n".join(lines)
 
 

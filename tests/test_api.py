@@ -86,8 +86,9 @@ def test_the_same_method_through_the_cli_in_process_and_as_a_plugin(tmp_path, ca
     # a fresh process knows nothing of this file until --plugin imports it; config.json records it
     r = cli_run(*args[:-1], str(tmp_path / "plugin"), "--plugin", str(HERE))
     assert r.returncode == 0, r.stderr
-    acc = float(r.stdout.split("test accuracy")[1].split(":")[1].split("+-")[0])
-    assert acc > 80.0, r.stdout
+    result = json.loads((tmp_path / "plugin" / "result.json").read_text())
+    assert f"test accuracy {result['test'][result['rule_chosen_on_val']]['mean']:.2f} +- " in r.stdout
+    assert result["test_acc_mean"] > 80.0, r.stdout
     assert json.loads((tmp_path / "plugin" / "config.json").read_text())["plugins"] == [str(HERE)]
     r = cli_run("evaluate", str(tmp_path / "plugin" / "last.safetensors"), "--runs", "1", "--split", "val", "--json")
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,16 @@
 """Checkpoints (safe, atomic, round-trip), resume, the divergence guard and the run folder."""
 
 import copy
+import json
 import math
 import os
 import pickle
+import time
 
 import pytest
 import torch
 
-from noprop import checkpoint
+from noprop import checkpoint, device
 from noprop.checkpoint import CheckpointError
 from noprop.config import Config, ConfigError
 from noprop.data import load_mnist, subset
@@ -223,21 +225,69 @@ def test_fit_stops_when_told_with_the_whole_history(tmp_path, mnist):
     assert tr.epoch == 2 and seen == [1, 2]
 
 
-def test_a_time_budget_stops_after_a_block_pass_and_resume_finishes_the_epoch_exactly(tmp_path, mnist):
-    """--minutes: the run stops after the block pass that crosses the budget, saves, and a resume
-    continues with the next block pass of the same epoch: the weights then equal an uninterrupted
-    run's (each pass draws its data order and noise from (seed, epoch, block) alone)."""
+def test_a_budget_far_shorter_than_one_epoch_trains_every_block_and_beats_chance(tmp_path, mnist):
+    """Algorithm 1's order under a time budget of about a third of one epoch: the budget is divided
+    among the epoch's block passes, so all T = 10 blocks train, in order, each on its share of the
+    images, and the model beats chance on validation. (Before, the budget ran out during block 4's
+    pass: blocks 4-10 never trained and every rule read chance.) The budget is set from this
+    machine's fastest step, so the test asks the same of a fast and a slow CPU, and the epoch is
+    cut whatever else slows the steps down."""
+    from noprop.trainer import run
+    data = tiny(mnist, n=6400, nval=1000)
+    data.test = subset(mnist.test, 1000)
+    cfg = dict(T=10, epochs=1, batch_size=128, order="paper", train_subset=6400, val_subset=1000)
+    one_thread = device.threads(1)  # the suite's processes share the cores: no thread waits on a busy one
+    one_thread.__enter__()
+    probe = Trainer(Config(**cfg), data, None, quiet=True)
+    x, y = probe._batch(data.train.x[:128], data.train.y[:128])
+    fastest = math.inf
+    for _ in range(10):
+        t = time.perf_counter()
+        probe.step([1], x, y, "probe", 0.0)
+        fastest = min(fastest, time.perf_counter() - t)
+    epoch_seconds = fastest * 50 * 10  # at least: 50 steps per pass, 10 passes
+    logs = []
+    try:
+        tr, result = run(Config(**cfg, minutes=0.4 * epoch_seconds / 60), data, tmp_path / "run", eval_runs=1,
+                         quiet=True, log=logs.append)
+    finally:
+        one_thread.__exit__(None, None, None)
+    steps = tr.history[-1]["steps_per_block"]
+    assert all(n >= 1 for n in steps) and result["untrained_blocks"] == [] and result["steps_per_block"] == steps
+    assert sum(steps) < 50 * 10, steps  # the epoch was cut: every pass took its share only
+    assert "each block trained on its share" in logs[0] and not any("WARNING" in line for line in logs)
+    # 1,000 validation images: chance is 10% with a standard error of 1 point
+    assert max(v["mean"] for v in result["val"].values()) > 20.0, result["val"]
+
+
+def test_a_run_that_ends_with_blocks_untrained_says_so_on_screen_and_in_its_result(tmp_path, mnist):
+    """One block drawn per step (order random) and a budget spent after the first step: the other
+    blocks never trained, and the run says which, in its log and in result.json."""
+    from noprop.trainer import describe_result, run
+    logs = []
+    cfg = tiny_cfg(order="random", T=4, minutes=1e-9)
+    _, result = run(cfg, tiny(mnist), tmp_path / "run", eval_runs=1, quiet=True, log=logs.append)
+    assert sum(result["steps_per_block"]) == 1 and len(result["untrained_blocks"]) == 3
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["untrained_blocks"] == result["untrained_blocks"]
+    assert any(line.startswith("WARNING: 3 of 4 blocks never trained") for line in logs)
+    assert "WARNING: 3 of 4 blocks never trained" in describe_result(result, cfg)
+
+
+def test_a_budget_stop_inside_a_pass_of_every_block_resumes_exactly(tmp_path, mnist):
+    """Order all (one pass per epoch training every block): the budget is checked after every step,
+    the stop records the step and the RNG state, and a resume finishes the epoch with the weights of
+    an uninterrupted run (each pass draws its data order and noise from (seed, epoch) alone)."""
     data = tiny(mnist)
-    straight = Trainer(tiny_cfg(order="paper", T=3), data, tmp_path / "a", quiet=True)
+    straight = Trainer(tiny_cfg(order="all", T=3), data, tmp_path / "a", quiet=True)
     straight.fit(log=None)
-    cut = Trainer(tiny_cfg(order="paper", T=3, minutes=1e-9), data, tmp_path / "b", quiet=True)
+    cut = Trainer(tiny_cfg(order="all", T=3, minutes=1e-9), data, tmp_path / "b", quiet=True)
     cut.fit(log=None)
-    assert cut.epoch == 0 and cut.passes_done == 1
-    assert cut.history[-1]["blocks_trained"] == 1 and 0 < cut.history[-1]["epoch"] < 1
+    assert cut.epoch == 0 and cut.steps_done == 1 and cut.history[-1]["steps_per_block"] == [1, 1, 1]
     assert (tmp_path / "b" / LAST).exists()  # saved, evaluable
-    resumed = Trainer(tiny_cfg(order="paper", T=3), data, tmp_path / "b", quiet=True)
+    resumed = Trainer(tiny_cfg(order="all", T=3), data, tmp_path / "b", quiet=True)
     resumed.fit(resume=True, log=None)
-    assert resumed.epoch == 1 and resumed.passes_done == 0
+    assert resumed.epoch == 1 and resumed.steps_done == 0
     for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(p, q), n
 
