@@ -125,3 +125,53 @@ def threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has run, from /proc/stat (None where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class IdleCoreThreads:
+    """torch's CPU threads follow the cores that other processes leave idle, re-read at each
+    adjust() (at most once a second). A thread that shares its core with another busy process makes
+    every parallel region wait for it. bench/busy_threads.py (results/busy-threads-*.json; a
+    NoProp-DT step, batch 128, 2 cores): on an AVX-512 BF16 CPU (bf16) 38 ms on 2 threads and 58 ms
+    on 1 when idle, but 97 ms on 2 and 58 ms on 1 beside a one-core busy loop; held to AVX2 code
+    (fp32) 60 / 105 ms idle, 185 / 103 ms beside it. OMP_WAIT_POLICY=PASSIVE came between (65 / 112
+    ms beside it) and cost 10-16% on an idle machine. So: one thread per core left idle, where idle
+    means another process used less than half of it since the last look. --threads turns this off."""
+
+    def __init__(self, min_interval: float = 1.0):
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.min_interval = min_interval
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float | None, float]:
+        import time
+        return time.monotonic(), _busy_seconds(), time.process_time()
+
+    def others(self, now: tuple, last: tuple) -> float:
+        """Cores' worth of CPU that other processes used between two readings."""
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / max(now[0] - last[0], 1e-9)
+
+    def adjust(self) -> int | None:
+        """Set the thread count from the last interval; returns it when it changed."""
+        now = self._read()
+        if now[1] is None or self.last[1] is None or now[0] - self.last[0] < self.min_interval:
+            return None
+        n = max(1, min(self.cores, int(self.cores - self.others(now, self.last) + 0.5)))
+        self.last = now
+        if n == torch.get_num_threads():
+            return None
+        torch.set_num_threads(n)
+        return n

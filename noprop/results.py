@@ -482,8 +482,51 @@ def table_step_breakdown(r: dict) -> str:
 
 
 # markers "PREFIX:FILE": a table of one result file of that kind
+def table_busy_threads(r: dict) -> str:
+    """bench/busy_threads.py: a NoProp-DT step's time by thread count, idle and beside a busy loop."""
+    rows = ["| beside it | threads | OMP_WAIT_POLICY | precision | ms per step |", "|---|---|---|---|---|"]
+    for x in r["rows"]:
+        rows.append(f"| {x['beside']} | {x['threads']} | {x['omp_wait_policy']} | {x['precision']} | "
+                    f"{x['ms_per_step']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
 PREFIXED = {"profile": table_profile, "bench": table_bench, "ceiling": table_ceiling, "twoproc": table_two_process,
-            "sums": table_collectives, "steps": table_step_breakdown}
+            "sums": table_collectives, "steps": table_step_breakdown, "busy": table_busy_threads}
+
+
+def _span(values: list[float], digits: int = 0) -> str:
+    """Mean, and the range where the runs differ."""
+    m, lo, hi = sum(values) / len(values), min(values), max(values)
+    return f"{m:.{digits}f}" + (f" ({lo:.{digits}f}–{hi:.{digits}f})" if len(values) > 1 and hi > lo else "")
+
+
+def table_make_run(results: dict[str, dict]) -> str | None:
+    """bench/make_run.py: what `make run` printed and where its time went, per CPU class, quiet and
+    beside a one-core CPU hog (every make-run-*.json)."""
+    files = {k: v for k, v in results.items() if k.startswith("make-run-")}
+    if not files:
+        return None
+    rows = ["| CPU class | beside it | runs | test accuracy, rule chosen on validation | paper's rule | "
+            "wall time (s) | training (s) | evaluation (s) | steps per block (of 100) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in sorted(files.items(), key=lambda kv: (kv[1]["machine"]["cpu_class"], kv[1]["hog"])):
+        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
+        runs = r["runs"]
+        chosen = sorted({x["rule_chosen_on_val"] for x in runs})
+        steps = [n for x in runs for n in x["steps_per_block"]]
+        untrained = sum(len(x["untrained_blocks"]) for x in runs)
+        rows.append(f"| {cls}{caps} | {'a one-core CPU hog' if r['hog'] else 'nothing'} | {len(runs)} | "
+                    f"{_span([x['test_acc_chosen_rule'] for x in runs], 2)} ({', '.join(chosen)}) | "
+                    f"{_span([x['test_acc_paper_rule'] for x in runs], 2)} | {_span([x['seconds'] for x in runs])} | "
+                    f"{_span([x['train_seconds'] for x in runs])} | {_span([x['evaluation_seconds'] for x in runs])} | "
+                    f"{min(steps)}–{max(steps)}" + (f", {untrained} untrained" if untrained else ", none untrained")
+                    + " |")
+    first = next(iter(sorted(files.items())))[1]
+    sources = "; ".join(f"`results/{n}.json` (`{r['command']}`; {machine_line(r)})" for n, r in sorted(files.items()))
+    return ("\n".join(rows) + f"\n\nEach row: mean over the runs, their range in brackets; wall time counts "
+            f"from the command's start (`{first['what']}`) to its exit, after the install. Sources: {sources}.")
 
 
 def render(name: str, results: dict[str, dict]) -> str | None:
@@ -491,6 +534,8 @@ def render(name: str, results: dict[str, dict]) -> str | None:
     ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE", "sums:FILE", "steps:FILE")."""
     if name == "timing":
         return table_timing(results)
+    if name == "make-run":
+        return table_make_run(results)
     prefix, _, file = name.partition(":")
     if file and prefix in PREFIXED:
         if file not in results:
