@@ -144,11 +144,12 @@ class IdleCoreThreads:
     """torch's CPU threads follow the cores that other processes leave idle, re-read at each
     adjust() (at most once a second). A thread that shares its core with another busy process makes
     every parallel region wait for it. bench/busy_threads.py (results/busy-threads-*.json; a
-    NoProp-DT step, batch 128, 2 cores): on an AVX-512 BF16 CPU (bf16) 38 ms on 2 threads and 58 ms
-    on 1 when idle, but 97 ms on 2 and 58 ms on 1 beside a one-core busy loop; held to AVX2 code
-    (fp32) 60 / 105 ms idle, 185 / 103 ms beside it. OMP_WAIT_POLICY=PASSIVE came between (65 / 112
-    ms beside it) and cost 10-16% on an idle machine. So: one thread per core left idle, where idle
-    means another process used less than half of it since the last look. --threads turns this off."""
+    NoProp-DT step, batch 128, 2 cores): beside a one-core busy loop 2 threads took 1.6x (AVX-512
+    BF16, bf16) and 1.9x (held to AVX2 code, fp32) as long as 1 thread, where on an idle machine 1
+    thread takes about 1.6x as long as 2. OMP_WAIT_POLICY=PASSIVE (read once, at start) helped
+    beside the loop but cost 20-30% on an idle machine in the same runs. So: one thread per core
+    left idle, where idle means another process used less than half of it since the last look.
+    --threads turns this off."""
 
     def __init__(self, min_interval: float = 1.0):
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
