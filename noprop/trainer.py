@@ -452,7 +452,9 @@ class Trainer:
                         steps = stats["steps_per_block"]
                         what += (f" (time budget: each block trained on its share, {min(steps)}-{max(steps)} "
                                  f"of {n_batches} steps)")
-                    log(f"{what}: {losses}  val acc {val:.2f}%  ({train_s:.0f}s train)")
+                    rules = "".join(f", {k} {v['mean']:.2f}%" for k, v in (self.val_rules or {}).items()
+                                    if k != "stochastic" and last)
+                    log(f"{what}: {losses}  val acc {val:.2f}%{rules}  ({train_s:.0f}s train)")
                 stop_now = stop_now or (stop is not None and stop(self.history))
             if self.dist.active:
                 from .parallel import long_wait
