@@ -525,6 +525,16 @@ def evaluation_estimate(model, data: Dataset, runs: int, ensemble: int, ensemble
     return (time.perf_counter() - t) * len(data.test) / n
 
 
+def evaluation_warning(guess: float, train_s: float, runs: int, ensemble: int, images: int) -> str | None:
+    """What to say before a final evaluation that will outlast the training (and a minute)."""
+    if guess <= max(60.0, train_s):
+        return None
+    plan = f"{runs} run(s) of each rule" + (f" and the {ensemble}-chain ensemble" if ensemble else "")
+    return (f"the final evaluation ({plan} on {images:,} test images) will take about {guess / 60:.1f} min, longer "
+            f"than the training ({train_s / 60:.1f} min); --eval-runs, --ensemble and the method's --steps "
+            "set its cost")
+
+
 def untrained(steps_per_block: list[int] | None) -> list[int]:
     return [t for t, n in enumerate(steps_per_block or [], 1) if n == 0]
 
@@ -549,12 +559,10 @@ def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool =
         trainer.threads.adjust()
     with trainer.alone():
         if log and not quiet:
-            guess = evaluation_estimate(trainer.model, data, eval_runs, ensemble, ensemble_runs)
-            plan = f"{eval_runs} run(s) of each rule" + (f", the {ensemble}-chain ensemble" if ensemble else "")
-            if guess > max(60.0, train_s):  # say so before it starts when it will dominate the run
-                log(f"the final evaluation ({plan} on {len(data.test):,} test images) will take about "
-                    f"{guess / 60:.1f} min, longer than the training ({train_s / 60:.1f} min); --eval-runs, "
-                    f"--ensemble and the method's --steps set its cost")
+            warning = evaluation_warning(evaluation_estimate(trainer.model, data, eval_runs, ensemble, ensemble_runs),
+                                         train_s, eval_runs, ensemble, len(data.test))
+            if warning:
+                log(warning)
         t_eval = time.perf_counter()
         ev = final_evaluation(trainer.model, data, eval_runs, ensemble, train_images, ensemble_runs=ensemble_runs,
                               val_rules=trainer.val_rules, progress=not quiet)

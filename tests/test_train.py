@@ -338,3 +338,17 @@ def test_a_trained_model_reports_validation_accuracy_under_each_rule(mnist):
     assert set(ev["val"]) == {"stochastic", "no-noise", "ensemble-3"}
     best = max(v["mean"] for v in ev["val"].values())
     assert ev["val"][ev["rule_chosen_on_val"]]["mean"] == best
+
+
+def test_an_evaluation_that_will_outlast_training_is_announced_with_what_sets_its_cost(mnist):
+    """The estimate times the evaluation's own plan on 100 test images and scales it to the test set;
+    the warning appears only when that passes both the training time and a minute."""
+    from noprop.trainer import evaluation_estimate, evaluation_warning
+    d = tiny(mnist)
+    d.test = subset(mnist.test, 300)
+    tr = Trainer(tiny_cfg(), d, None, quiet=True)
+    assert evaluation_estimate(tr.model, d, 1, 0, 1) > 0
+    assert evaluation_warning(50.0, 10.0, 5, 0, 10_000) is None     # under a minute
+    assert evaluation_warning(100.0, 200.0, 5, 0, 10_000) is None    # shorter than training
+    msg = evaluation_warning(2040.0, 229.0, 1, 10, 55_000)
+    assert "34.0 min" in msg and "3.8 min" in msg and "10-chain ensemble" in msg and "--ensemble" in msg
