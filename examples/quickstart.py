@@ -1,6 +1,6 @@
 """noprop in ten lines: train NoProp-DT on MNIST, evaluate it, save it, load it back, predict.
 
-    python examples/quickstart.py    # a minute of training at most, then the evaluation (timings: README)
+    python examples/quickstart.py    # 1 minute of training at most, then the evaluation (docs/performance.md)
 
 (NOPROP_QUICKSTART_SUBSET=N trains on N images instead of 10,000 and tests on N; the tests use it.)
 """

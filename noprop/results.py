@@ -501,14 +501,14 @@ def _span(values: list[float], digits: int = 0) -> str:
     return f"{m:.{digits}f}" + (f" ({lo:.{digits}f}–{hi:.{digits}f})" if len(values) > 1 and hi > lo else "")
 
 
-def table_make_run(results: dict[str, dict]) -> str | None:
-    """bench/make_run.py: what `make run` printed and where its time went, per CPU class, quiet and
-    beside a one-core CPU hog (every make-run-*.json)."""
-    files = {k: v for k, v in results.items() if k.startswith("make-run-")}
+def table_make_run(results: dict[str, dict], prefix: str = "make-run-") -> str | None:
+    """bench/make_run.py: what `make run` (or examples/quickstart.py: prefix "quickstart-") printed
+    and where its time went, per CPU class, quiet and beside a one-core CPU hog."""
+    files = {k: v for k, v in results.items() if k.startswith(prefix)}
     if not files:
         return None
     rows = ["| CPU class | beside it | runs | test accuracy, rule chosen on validation | paper's rule | "
-            "wall time (s) | training (s) | evaluation (s) | steps per block (of 100) |",
+            "wall time (s) | training (s) | evaluation (s) | steps per block, fewest–most |",
             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in sorted(files.items(), key=lambda kv: (kv[1]["machine"]["cpu_class"], kv[1]["hog"])):
         cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
@@ -534,8 +534,8 @@ def render(name: str, results: dict[str, dict]) -> str | None:
     ("bench:FILE", "profile:FILE", "ceiling:FILE", "twoproc:FILE", "sums:FILE", "steps:FILE")."""
     if name == "timing":
         return table_timing(results)
-    if name == "make-run":
-        return table_make_run(results)
+    if name in ("make-run", "quickstart"):
+        return table_make_run(results, name + "-")
     prefix, _, file = name.partition(":")
     if file and prefix in PREFIXED:
         if file not in results:
