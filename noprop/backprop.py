@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding import ClassEmbedding
+from .errors import ConfigError
 from .method import ChainStep, Method, register_method
 from .nets import DTBlock
 
@@ -63,7 +64,6 @@ class Backprop(Method):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from .config import ConfigError
         if cfg.head_init not in ("decoder", "random"):
             raise ConfigError(f"--head-init: {cfg.head_init!r} does not apply to backprop; choose decoder or random")
         if cfg.logit_scale <= 0:

@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from .errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -34,7 +36,6 @@ def valid_name(name: str) -> bool:
 
 def resolve(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """The torch.device for a --device value. A rank of a multi-GPU run takes GPU LOCAL_RANK."""
-    from .config import ConfigError
     if not valid_name(name):
         raise ConfigError(f"--device: unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     if name == "auto":

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding import ClassEmbedding
+from .errors import ConfigError
 from .method import ChainStep, Method, register_method
 from .nets import DTBlock
 from .schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
@@ -78,7 +79,6 @@ class NoPropDT(Method):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from .config import ConfigError
         if cfg.head not in HEADS:
             raise ConfigError(f"--head: unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
         if cfg.head_init not in HEAD_INITS:

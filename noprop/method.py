@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .ode import last
 
 if TYPE_CHECKING:
@@ -167,7 +168,6 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
-    from .config import ConfigError
     _builtin()
     if name not in REGISTRY:
         raise ConfigError(f"--method: unknown method {name!r}; choose one of {', '.join(method_names())} "
@@ -189,7 +189,6 @@ def _builtin() -> None:
 def load_plugin(spec: str) -> None:
     """Import a module that registers methods: a path to a .py file or a module name. Importing the
     same one twice is a no-op."""
-    from .config import ConfigError
     if spec.endswith(".py"):
         path = Path(spec).resolve()
         name = "noprop_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))

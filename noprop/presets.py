@@ -7,6 +7,8 @@ rather than inventing a value."""
 
 from __future__ import annotations
 
+from .errors import PresetError
+
 DATASETS = ("mnist", "cifar10", "cifar100")
 METHODS = ("dt", "backprop", "adjoint", "ct", "fm")
 
@@ -67,18 +69,6 @@ def _describe(p: dict) -> str:
 
 PRESETS: dict[str, dict] = {f"{d}-{m}": _make(d, m) for d in DATASETS for m in METHODS}
 PAPER_ROW: dict[str, str] = {name: _describe(p) for name, p in PRESETS.items()}
-
-
-class PresetError(KeyError):
-    """An unknown preset name. KeyError's str() wraps the message in quotes, so __str__ is
-    overridden to print the message as written."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def get_preset(name: str) -> dict:

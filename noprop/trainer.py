@@ -39,14 +39,11 @@ from . import device, models, noise
 from .checkpoint import CheckpointError
 from .config import Config
 from .data import Dataset, augment, batches, load_data, subset
+from .errors import DivergenceError
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
 from .runfolder import BEST, CONFIG, LAST, METRICS, RESULT, STATE, RunDirError, RunFolder
-
-
-class DivergenceError(RuntimeError):
-    """A loss became NaN or inf. The last good checkpoint is kept."""
 
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
