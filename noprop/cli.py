@@ -16,7 +16,8 @@ from .checkpoint import CheckpointError
 from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
 from .embedding import KINDS
-from .method import load_plugin, method_names
+from .method import load_plugin
+from .methods import get_method, method_names
 from .presets import PresetError, get_preset, list_presets
 from .trainer import STATE, DivergenceError, RunDirError
 
@@ -296,7 +297,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _solvers(name: str) -> tuple:
-    from .method import get_method
     return get_method(name).solvers
 
 

@@ -12,7 +12,8 @@ from .data import DATASETS, is_npz
 from .device import valid_name as valid_device
 from .embedding import KINDS as EMBEDDINGS
 from .errors import ConfigError
-from .method import get_method, load_plugin
+from .method import load_plugin
+from .methods import get_method
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 ORDERS = ("paper", "all", "random")

@@ -167,25 +167,6 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    _builtin()
-    if name not in REGISTRY:
-        raise ConfigError(f"--method: unknown method {name!r}; choose one of {', '.join(method_names())} "
-                          "(a method of your own: --plugin FILE.py that registers it)")
-    return REGISTRY[name]
-
-
-def method_names() -> list[str]:
-    """Every registered method, the paper's first, in the order lists and tables show them."""
-    _builtin()
-    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].listing_order, n))
-
-
-def _builtin() -> None:
-    """Import the package's own methods (they register themselves)."""
-    from . import adjoint, backprop, cnn, ct, dt, fm  # noqa: F401
-
-
 def load_plugin(spec: str) -> None:
     """Import a module that registers methods: a path to a .py file or a module name. Importing the
     same one twice is a no-op."""

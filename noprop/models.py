@@ -15,7 +15,8 @@ from . import checkpoint, device
 from .config import Config
 from .embedding import ClassEmbedding, prototype_init
 from .machine import provenance
-from .method import Method, get_method
+from .method import Method
+from .methods import get_method
 
 
 def build_embedding(cfg: Config, image_shape, num_classes: int, train_split=None) -> ClassEmbedding:

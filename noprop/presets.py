@@ -8,6 +8,7 @@ rather than inventing a value."""
 from __future__ import annotations
 
 from .errors import PresetError
+from .methods import get_method
 
 DATASETS = ("mnist", "cifar10", "cifar100")
 METHODS = ("dt", "backprop", "adjoint", "ct", "fm")
@@ -58,7 +59,6 @@ def _num(x: float) -> str:
 
 def _describe(p: dict) -> str:
     opt = {"adamw": "AdamW", "adam": "Adam"}[p["optimizer"]]
-    from .method import get_method
     s = (f"paper Table 3: {_DATASET_NAMES[p['dataset']]}, {get_method(p['method']).display_name}: "
          f"batch {p['batch_size']}, {p['epochs']} epochs, {opt} lr {_num(p['lr'])} wd {_num(p['weight_decay'])}")
     s += f", T={p['T']}" if p["method"] in ("dt", "backprop") else f", {p['steps']} steps"

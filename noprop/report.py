@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import atomic_write_text
 from .evaluation import mean_se
+from .methods import get_method, method_names
 
 Key = tuple[str, str, str]  # (method, embedding, dataset)
 
@@ -23,9 +24,7 @@ class _DisplayNames(dict):
     """A method's display name from the registry (its own Method.display_name)."""
 
     def get(self, name, default=None):
-        from .method import REGISTRY, _builtin
-        _builtin()
-        return REGISTRY[name].display_name if name in REGISTRY else default
+        return get_method(name).display_name if name in method_names() else default
 
 
 METHOD_NAMES = _DisplayNames()

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from noprop.adjoint import Adjoint
-from noprop.backprop import Backprop
-from noprop.ct import NoPropCT
 from noprop.embedding import ClassEmbedding
-from noprop.fm import NoPropFM
+from noprop.methods.adjoint import Adjoint
+from noprop.methods.backprop import Backprop
+from noprop.methods.ct import NoPropCT
+from noprop.methods.fm import NoPropFM
 from noprop.nets import TimeNet, count_parameters, sinusoidal_embedding
 from noprop.ode import integrate
 from noprop.schedule import LearnedSchedule

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .errors import ConfigError
-from .method import Method, register_method
-from .nets import ConvPath
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import Method, register_method
+from ..nets import ConvPath
 
 
 @register_method

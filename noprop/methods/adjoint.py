@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import integrate
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, Method, register_method
+from ..nets import TimeNet
+from ..ode import integrate
 
 
 class _Field(nn.Module):

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import noise
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import integrate
-from .schedule import LearnedSchedule, kl_to_standard_normal, q_sample
+from .. import noise
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, Method, register_method
+from ..nets import TimeNet
+from ..ode import integrate
+from ..schedule import LearnedSchedule, kl_to_standard_normal, q_sample
 
 CT_SOLVERS = ("stochastic", "euler", "heun")
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .errors import ConfigError
-from .method import ChainStep, Method, register_method
-from .nets import DTBlock
-from .schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import ChainStep, Method, register_method
+from ..nets import DTBlock
+from ..schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
 
 HEADS = ("linear", "posterior")
 HEAD_INITS = ("bayes", "random")

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import noise
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import SOLVERS, integrate
+from .. import noise
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, Method, register_method
+from ..nets import TimeNet
+from ..ode import SOLVERS, integrate
 
 
 @register_method

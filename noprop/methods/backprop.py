@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .errors import ConfigError
-from .method import ChainStep, Method, register_method
-from .nets import DTBlock
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import ChainStep, Method, register_method
+from ..nets import DTBlock
 
 
 @register_method
