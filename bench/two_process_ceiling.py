@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from collective_latency import step_sum_values, time_sums  # this folder is on sys.path when run as a script
 
-from noprop import bench
-from noprop.results import save_study
+from noprop.tools import bench
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

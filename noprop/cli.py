@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from . import checkpoint, device, parallel
-from .bench import WORKERS_BATCH
 from .checkpoint import CheckpointError
 from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
 from .data import DATASETS, DataError
@@ -19,6 +18,7 @@ from .embedding import KINDS
 from .method import load_plugin
 from .methods import get_method, method_names
 from .presets import PresetError, get_preset, list_presets
+from .tools.bench import WORKERS_BATCH
 from .trainer import STATE, DivergenceError, RunDirError
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it
@@ -306,7 +306,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
-    from .report import collect, load_results, table1_markdown
+    from .tools.report import collect, load_results, table1_markdown
     results, skipped = load_results(a.runs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
@@ -320,8 +320,8 @@ def cmd_table(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from . import bench, reproduce
-    from .report import write_report
+    from .tools import bench, reproduce
+    from .tools.report import write_report
     overrides = {k: v for k, v in (("epochs", a.epochs), ("steps", a.steps), ("train_subset", a.train_subset),
                                    ("val_subset", a.val_subset), ("test_subset", a.test_subset),
                                    ("precision", a.precision)) if v is not None}
@@ -344,7 +344,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
     if a.seconds <= 0:
         raise ConfigError(f"--seconds: must be > 0, got {a.seconds}")
     if a.workers_repeats < 1:
@@ -362,7 +362,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from .results import run
+    from .tools.results import run
     return run(Path(a.root), check=a.check)
 
 

@@ -621,7 +621,7 @@ def describe_untrained(blocks: list[int], num_blocks: int) -> str:
 def describe_result(result: dict, cfg: Config | None = None) -> str:
     """The run's headline: the test accuracy under the rule chosen on validation, the paper's rule
     and the paper's own figure beside it, and where the time went."""
-    from .report import PAPER_TABLE1  # a leaf of tables; report imports the trainer's neighbours
+    from .tools.report import PAPER_TABLE1  # a leaf of tables; report imports the trainer's neighbours
     test = result["test"]
     chosen = result.get("rule_chosen_on_val", "stochastic")
     r = test[chosen]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .config import Config
-from .data import DataError, load_data, subset
-from .diagnose import chain_analysis
-from .models import load
-from .presets import get_preset
-from .trainer import LAST, RESULT, run
+from ..checkpoint import atomic_write_text
+from ..config import Config
+from ..data import DataError, load_data, subset
+from ..diagnose import chain_analysis
+from ..models import load
+from ..presets import get_preset
+from ..trainer import LAST, RESULT, run
 
 
 def cell_name(dataset: str, method: str, embedding: str, seed: int) -> str:

@@ -19,7 +19,9 @@ import shlex
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .. import machine
+from ..checkpoint import atomic_write_text
+from .bench import markdown
 from .report import PAPER_TABLE1, seed_stats
 
 CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
@@ -29,11 +31,10 @@ CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx5
 def save_study(root: Path, study: str, script: str, argv: list[str], fields: dict) -> Path:
     """Write a bench script's result file, root/results/<study>-<cpu class>.json: the command that
     ran (`python SCRIPT ARGS`), when, the commit and the machine, then the script's own fields."""
-    from .machine import cpu_class, describe, provenance
     command = "python " + " ".join(shlex.quote(x) for x in [script, *argv])
     out = {"study": study, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           **provenance(), "machine": describe(), **fields}
-    path = Path(root) / "results" / f"{study}-{cpu_class()}.json"
+           **machine.provenance(), "machine": machine.describe(), **fields}
+    path = Path(root) / "results" / f"{study}-{machine.cpu_class()}.json"
     atomic_write_text(path, json.dumps(out, indent=1))
     print(f"wrote {path}")
     return path
@@ -337,7 +338,6 @@ def summary_chain(r: dict, label: str = "NoProp-DT (one-hot)") -> str:
 
 
 def table_bench(r: dict) -> str:
-    from .bench import markdown
     return markdown(r)
 
 

@@ -31,11 +31,13 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import device, models
-from .checkpoint import atomic_write_text
-from .config import Config
-from .machine import cpu_class, describe, provenance
-from .trainer import make_optimizer
+from .. import device, models
+from ..checkpoint import atomic_write_text
+from ..config import Config
+from ..data import load_data
+from ..machine import cpu_class, describe, provenance
+from ..parallel import choose_groups
+from ..trainer import Trainer, final_evaluation, make_optimizer
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
@@ -167,7 +169,7 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
 def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11,
            device_name: str = "cpu") -> dict:
     """11 steps: NoProp-DT visits every block once (all optimizer states exist), plus one."""
-    code = ("import json,sys; from noprop.bench import memory_child; "
+    code = ("import json,sys; from noprop.tools.bench import memory_child; "
             f"print(json.dumps(memory_child({method!r}, {dataset!r}, {precision!r}, {steps}, {device_name!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
@@ -194,9 +196,7 @@ WORKERS_BATCH = ("global", "per-rank")
 def data_shards(method: str, world: int) -> int:
     """How many data shards a `world`-process run of the method has: the ranks over its block groups
     (`noprop train --workers N` picks the groups; a one-network method has one, NoProp-DT up to T)."""
-    from .models import blocks_for
-    from .parallel import choose_groups
-    return world // choose_groups(blocks_for(Config(method=method).validate()), world)
+    return world // choose_groups(models.blocks_for(Config(method=method).validate()), world)
 
 
 def workers_batch_size(method: str, world: int, batch: str = "global") -> int:
@@ -283,8 +283,6 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     t0 = time.perf_counter() if t0 is None else t0
     if workers > 1:
         return _tta_workers(target, precision, order, eval_runs, epochs, lr_schedule, workers, lr, t0)
-    from .data import load_data
-    from .trainer import Trainer, final_evaluation
     cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
                  device=device_name, lr=lr).validate()
     data = load_data(cfg)

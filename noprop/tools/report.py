@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .evaluation import mean_se
-from .methods import get_method, method_names
+from ..checkpoint import atomic_write_text
+from ..evaluation import mean_se
+from ..methods import get_method, method_names
 
 Key = tuple[str, str, str]  # (method, embedding, dataset)
 
