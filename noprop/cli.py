@@ -18,7 +18,7 @@ from .embedding import KINDS
 from .method import load_plugin
 from .methods import get_method, method_names
 from .presets import PresetError, get_preset, list_presets
-from .tools.bench import WORKERS_BATCH
+from .tools.settings import WORKERS_BATCH
 from .trainer import STATE, DivergenceError, RunDirError
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it

@@ -67,13 +67,13 @@ def load(path: str | os.PathLike, device_name: str = "cpu") -> Method:
             raise checkpoint.CheckpointError(f"{path}: its metadata lacks {key!r}; it was not written by noprop")
     cfg = Config.from_dict(meta["config"])
     model = build(cfg, meta["image_shape"], meta["num_classes"]).to(device.resolve(device_name))
-    model.load_state_dict(_legacy_keys(state_dict, model))
+    model.load_state_dict(legacy_keys(state_dict, model))
     model.eval()
     model.checkpoint_metadata = meta
     return model
 
 
-def _legacy_keys(state_dict: dict, model: Method) -> dict:
+def legacy_keys(state_dict: dict, model: Method) -> dict:
     """Checkpoints written before version 0.2 held schedule buffers (alpha_bar, coef_*, l2_weight)
     that are now plain attributes, and an FM head that nothing trained with a fixed embedding."""
     if all(k in state_dict for k in model.state_dict()) and len(state_dict) == len(model.state_dict()):

@@ -38,6 +38,7 @@ from ..data import load_data
 from ..machine import cpu_class, describe, provenance
 from ..parallel import choose_groups
 from ..trainer import Trainer, final_evaluation, make_optimizer
+from .settings import WORKERS_BATCH
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
@@ -188,9 +189,6 @@ def _train_run(options: list[str], what: str, timeout: float, env: dict | None =
         run = Path(tmp) / "run"
         hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return hist, json.loads((run / "result.json").read_text()), json.loads((run / "config.json").read_text())
-
-
-WORKERS_BATCH = ("global", "per-rank")
 
 
 def data_shards(method: str, world: int) -> int:

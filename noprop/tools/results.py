@@ -21,8 +21,10 @@ from pathlib import Path
 
 from .. import machine
 from ..checkpoint import atomic_write_text
+from ..paper import PAPER_TABLE1
 from .bench import markdown
-from .report import PAPER_TABLE1, seed_stats
+from .report import seed_stats
+from .settings import STEP_SETTINGS
 
 CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
                "avx2": "AVX2/FMA", "other": "other"}
@@ -446,19 +448,6 @@ def table_collectives(r: dict) -> str:
         out.append(f"| {x['what']} | {_size(x['bytes'])} | {x['gloo_ms']:.3f} | "
                    + (f"{shm:.3f} | {x['gloo_ms'] / shm:.1f}x |" if shm else "not available | – |"))
     return "\n".join(out) + "\n"
-
-
-# bench/step_breakdown.py's settings: (result key, label, processes, global batch = images a step,
-# whether the processes exchange: False runs them at once but each alone, a one-process job each).
-# "global" keeps the paper's 128 split over the shards; "per-rank" gives each process 128.
-STEP_SETTINGS = {
-    "global": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
-               ("one_process_batch64", "1 process, batch 64", 1, 64, True),
-               ("two_processes_batch64_each", "2 processes, 64 each", 2, 128, True)),
-    "per-rank": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
-                 ("two_alone_batch128_each", "2 processes at once, no exchange, 128 each", 2, 256, False),
-                 ("two_processes_batch128_each", "2 processes, 128 each", 2, 256, True)),
-}
 
 
 def table_step_breakdown(r: dict) -> str:
