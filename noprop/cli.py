@@ -10,20 +10,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint, device, parallel
-from .checkpoint import CheckpointError
-from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
-from .data import DATASETS, DataError
+from . import checkpoint, device, diagnose, models, parallel, trainer
+from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config
+from .data import DATASETS, load_data
 from .embedding import KINDS
+from .errors import USER_ERRORS, ConfigError, RunDirError
+from .evaluation import rules_accuracy
 from .method import load_plugin
 from .methods import get_method, method_names
-from .presets import PresetError, get_preset, list_presets
+from .presets import get_preset, list_presets
 from .tools.settings import WORKERS_BATCH
-from .trainer import STATE, DivergenceError, RunDirError
+from .trainer import STATE
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it
-USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError,
-               DivergenceError)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -230,7 +229,6 @@ def _fmt(mean: float, se: float) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from . import models, trainer
     cfg = _config_from_args(a)
     for option, value in (("--eval-runs", a.eval_runs), ("--workers", a.workers)):
         if value < 1:
@@ -258,15 +256,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _load_for_eval(a: argparse.Namespace):
-    from .data import load_data
-    from .models import load
-    model = load(a.checkpoint, a.device)
+    model = models.load(a.checkpoint, a.device)
     data = load_data(model.config, a.data_dir, a.download)
     return model, model.config, getattr(data, a.split)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluation import rules_accuracy
     if a.runs < 1:
         raise ConfigError("--runs: must be >= 1")
     if a.ensemble < 1:
@@ -306,7 +301,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
-    from .tools.report import collect, load_results, table1_markdown
+    from .tools.report import collect, load_results, table1_markdown  # the tools load when their command runs
     results, skipped = load_results(a.runs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
@@ -367,9 +362,8 @@ def cmd_results(a: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(a: argparse.Namespace) -> int:
-    from .diagnose import chain_analysis, table
     model, cfg, split = _load_for_eval(a)
-    diag = chain_analysis(model, split, seed=a.seed, batch_size=cfg.eval_batch_size)
+    diag = diagnose.chain_analysis(model, split, seed=a.seed, batch_size=cfg.eval_batch_size)
     if a.json:
         print(json.dumps(diag))
         return 0
@@ -377,7 +371,7 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
             "the chain's z_(t-1), (c) pure noise, (d) zeros; " if diag["kind"] == "dt" else "")
     print(f"{a.split} accuracy (%) per step t of the inference chain ({len(split)} images). {what}'head': the "
           "output head (the method's classifier) on z_t along the chain, with and without the noise")
-    print(table(diag))
+    print(diagnose.table(diag))
     return 0
 
 

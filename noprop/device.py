@@ -23,6 +23,8 @@ import os
 import torch
 
 from .errors import ConfigError
+from .machine import bf16_native_cpu
+from .noise import randn as batch_randn
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,7 +61,6 @@ def bf16_native(device: torch.device) -> bool:
     """Whether the device computes in bf16 natively (not emulated through fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from .machine import bf16_native_cpu
     return bf16_native_cpu()
 
 
@@ -90,7 +91,6 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
     depend on the device; without one (training): drawn on the device from its default generator,
     through noise.randn (a data-parallel rank's slice of the global batch's draw)."""
     if generator is None:
-        from .noise import randn as batch_randn
         return batch_randn(shape, device, dtype)
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .version import __version__
+
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -75,7 +77,6 @@ def git_commit() -> str | None:
 
 def provenance() -> dict:
     """Version and commit of the code that made a result."""
-    from . import __version__
     return {"noprop_version": __version__, "git_commit": git_commit(), "torch": torch.__version__}
 
 
