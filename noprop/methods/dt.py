@@ -182,7 +182,7 @@ class NoPropDT(Method):
         """Run Eq. 3 from z_0 ~ N(0, I): yields z_t and block t's logits for t = 1..T.
         noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule).
         features: image_features(x), where the caller has it."""
-        z = self.embed.noise(len(x), generator, x.device)
+        z = self.embed.sample_z0(len(x), generator, x.device)
         for t in range(1, self.T + 1):
             logits, u_hat = self.u_hat(t, z, x, None if features is None else features[t - 1])
             z = self.schedule.step(t, u_hat, z, noise, generator)

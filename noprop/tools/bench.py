@@ -36,6 +36,7 @@ from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..data import load_data
 from ..machine import cpu_class, describe, provenance
+from ..methods import get_method
 from ..parallel import choose_groups
 from ..trainer import Trainer, final_evaluation, make_optimizer
 from .settings import WORKERS_BATCH
@@ -126,7 +127,7 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
         loss.backward()
         for o in [opts[t]] + shared_opt:
             o.step()
-    blocks_per_step = cfg.T if method == "backprop" else 1  # the baseline updates all T blocks a step
+    blocks_per_step = model.network_blocks(cfg) // model.num_blocks  # backprop: all T; NoProp-DT: one of T
     return step, blocks_per_step, model
 
 
@@ -218,7 +219,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
     DistributedDataParallel rebuilds its buckets after its first step, oneDNN picks its kernels),
     costs a long run pays once. images_per_s: training images of that epoch per second (comparable
     across methods: an image passes all T blocks of DT and of the backprop baseline once an epoch);
-    block_samples_per_s = T x that for DT and backprop. The training seconds include the
+    block_samples_per_s = that x the method's network_blocks (T for DT and backprop). The training seconds include the
     end-of-epoch gathering of blocks on rank 0 (block groups). `batch`: workers_batch_size."""
     batch_size = workers_batch_size(method, world, batch)
     hist, result, run_cfg = _train_run(
@@ -228,7 +229,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
         f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     secs = hist[-1]["train_seconds"]
     cfg = Config(method=method).validate()
-    blocks = cfg.T if method in ("dt", "backprop") else 1
+    blocks = get_method(method).network_blocks(cfg)
     batch_size = run_cfg["batch_size"]  # what the run trained with (`extra` may have set it)
     images = (n_train // batch_size) * batch_size
     groups = result.get("block_groups") or 1
