@@ -15,7 +15,7 @@ from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISION
 from .data import DATASETS, load_data
 from .embedding import KINDS
 from .errors import USER_ERRORS, ConfigError, RunDirError
-from .evaluation import rules_accuracy
+from .evaluation import format_mean_se, rules_accuracy
 from .method import load_plugin
 from .methods import get_method, method_names
 from .presets import get_preset, list_presets
@@ -224,10 +224,6 @@ def _config_from_args(a: argparse.Namespace) -> Config:
     return Config(**fields).validate()
 
 
-def _fmt(mean: float, se: float) -> str:
-    return f"{mean:.2f} +- {se:.2f}%"
-
-
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = _config_from_args(a)
     for option, value in (("--eval-runs", a.eval_runs), ("--workers", a.workers)):
@@ -287,7 +283,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     else:
         for rule, r in res.items():
             kind = {"stochastic": "stochastic", "no-noise": "noise-free"}.get(rule, rule)
-            print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {_fmt(r['mean'], r['se'])}")
+            print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {format_mean_se(r, sign='+-')}%")
     return 0
 
 

@@ -35,6 +35,7 @@ from .. import device, models
 from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..data import load_data
+from ..evaluation import format_mean_se
 from ..machine import cpu_class, describe, provenance
 from ..methods import get_method
 from ..parallel import choose_groups
@@ -370,8 +371,8 @@ def markdown(results: dict) -> str:
             nn = r["test"].get("no-noise") if r.get("test") else None
             lines.append(f"| {r['precision']} | {r.get('workers', 1)} | {sched} | {r['epochs']} | "
                          f"{r['wall_seconds'] / 60:.1f} min | {r['wall_seconds_with_test'] / 60:.1f} min | "
-                         f"{r['val_acc']:.2f} | {r['test_acc_mean']:.2f} ± {r['test_acc_se']:.2f} | "
-                         + (f"{nn['mean']:.2f} ± {nn['se']:.2f} |" if nn else "– |")
+                         f"{r['val_acc']:.2f} | {format_mean_se((r['test_acc_mean'], r['test_acc_se']))} | "
+                         + (f"{format_mean_se(nn)} |" if nn else "– |")
                          # rows from before the rule was chosen on validation judged the paper's rule
                          + f" {r.get('rule_chosen_on_val', 'none (judged by the paper rule)')} | "
                          + f"{'yes' if r['reached'] else 'no'} ({r['target_test_acc']:g}%) |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text
-from ..evaluation import mean_se
+from ..evaluation import format_mean_se, mean_se
 from ..methods import get_method, method_names
 from ..paper import DATASETS, PAPER_TABLE1, Key
 
@@ -83,13 +83,9 @@ def collect(results: list[dict]) -> dict[Key, dict]:
 def _fmt(v) -> str:
     """A paper value (mean, se), or ours (seed_stats): the s.e. across seeds, or for one seed the
     inference-run s.e. marked 'runs'."""
-    if v is None:
-        return "–"
-    if isinstance(v, dict):
-        if v["se"] is None:
-            return f"{v['mean']:.2f} (1 seed; runs ± {v['runs_se']:.2f})"
-        return f"{v['mean']:.2f} ± {v['se']:.2f}"
-    return f"{v[0]:.2f} ± {v[1]:.2f}"
+    if isinstance(v, dict) and v["se"] is None:
+        return f"{format_mean_se(v)} (1 seed; runs ± {v['runs_se']:.2f})"
+    return format_mean_se(v)
 
 
 def _row_name(method: str, embedding: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .. import machine
 from ..checkpoint import atomic_write_text
+from ..evaluation import format_mean_se as pm  # mean ± s.e., the cells of every table
 from ..paper import PAPER_TABLE1
 from .bench import markdown
 from .report import seed_stats
@@ -44,14 +45,6 @@ def save_study(root: Path, study: str, script: str, argv: list[str], fields: dic
 
 def load_results(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
-
-
-def _pm(v: dict | None, digits: int = 2) -> str:
-    if v is None:
-        return "–"
-    if v["se"] is None:
-        return f"{v['mean']:.{digits}f}"
-    return f"{v['mean']:.{digits}f} ± {v['se']:.{digits}f}"
 
 
 def machine_line(r: dict) -> str:
@@ -139,8 +132,8 @@ def table_head_init(r: dict) -> str:
             "test acc, paper's rule | test acc, no noise |", "|---|---|---|---|---|---|"]
     groups = _by_variant(r)
     for label, cells in groups.items():
-        rows.append(f"| {label} | {len(cells)} | {_pm(_val(cells))} | {_pm(_hist(cells, 'ce'), 3)} | "
-                    f"{_pm(_rule(cells, 'stochastic'))} | {_pm(_rule(cells, 'no-noise'))} |")
+        rows.append(f"| {label} | {len(cells)} | {pm(_val(cells))} | {pm(_hist(cells, 'ce'), 3)} | "
+                    f"{pm(_rule(cells, 'stochastic'))} | {pm(_rule(cells, 'no-noise'))} |")
     return "\n".join(rows) + "\n\n" + _choice(groups, lambda lab: lab.split(",")[1], "head")
 
 
@@ -176,9 +169,9 @@ def table_small_budget(r: dict) -> str:
         diag = [c.get("diagnostics") for c in cells]
         b1 = seed_stats([[d["pure_noise"][0]] for d in diag]) if all(diag) else None
         hz = seed_stats([[d["head_chain"][-1]] for d in diag]) if all(diag) else None
-        rows.append(f"| {label.split()[0]} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | {_pm(_hist(cells, 'ce'), 3)} | "
-                    f"{_pm(b1)} | {_pm(hz)} |")
+        rows.append(f"| {label.split()[0]} | {len(cells)} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | {pm(_hist(cells, 'ce'), 3)} | "
+                    f"{pm(b1)} | {pm(hz)} |")
     return "\n".join(rows)
 
 
@@ -190,9 +183,9 @@ def table_equal_budget(r: dict) -> str:
     for label, cells in groups.items():
         epochs = [c["history"][-1]["epoch"] for c in cells]
         ep = f"{min(epochs):.1f}–{max(epochs):.1f}" if max(epochs) - min(epochs) > 0.05 else f"{epochs[0]:.1f}"
-        rows.append(f"| {label} | {len(cells)} | {ep} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
-                    f"{_pm(_rule(cells, 'stochastic', 'train'))} | {_pm(_hist(cells, 'ce'), 3)} |")
+        rows.append(f"| {label} | {len(cells)} | {ep} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | "
+                    f"{pm(_rule(cells, 'stochastic', 'train'))} | {pm(_hist(cells, 'ce'), 3)} |")
     return "\n".join(rows)
 
 
@@ -211,7 +204,7 @@ def table_rules(r: dict) -> str:
     for label, cells in groups.items():
         dn, de = diff(cells, "no-noise"), diff(cells, ens)
         best = max((("paper's rule", 0.0), ("no noise", dn["mean"]), (ens, de["mean"])), key=lambda t: t[1])[0]
-        rows.append(f"| {label} | {_pm(dn)} | {_pm(de)} | {best} |")
+        rows.append(f"| {label} | {pm(dn)} | {pm(de)} | {best} |")
     return "\n".join(rows)
 
 
@@ -233,7 +226,7 @@ def table_val_test_gap(r: dict) -> str:
             gaps.append(test - val)
             rows.append(f"| {label} | {c['seed']} | {val:.2f} | {test:.2f} | {test - val:+.2f} |")
     s = seed_stats([[g] for g in gaps])
-    out = "\n".join(rows) + f"\n\nMean test − validation over these {len(gaps)} runs: {_pm(s)} points."
+    out = "\n".join(rows) + f"\n\nMean test − validation over these {len(gaps)} runs: {pm(s)} points."
     if left_out:
         out += (f" Left out, having stopped inside their first epoch (untrained blocks, chance on both "
                 f"splits): {', '.join(left_out)}.")
@@ -258,7 +251,7 @@ def table_time_curves(r: dict, points=None) -> str:
                         best = h["val_acc"]
                 vals.append(best)
             got = [[v] for v in vals if v is not None]
-            cols.append(_pm(seed_stats(got), 1) if len(got) == len(vals) else "–")
+            cols.append(pm(seed_stats(got), 1) if len(got) == len(vals) else "–")
         rows.append(f"| {label} | " + " | ".join(cols) + " |")
     return "\n".join(rows)
 
@@ -278,13 +271,13 @@ def table_recipe(r: dict) -> str:
     for label, cells in groups.items():
         seed0 = next((c for c in cells if c["seed"] == 0), None)
         val0 = f"{seed0['history'][-1]['val_acc']:.2f}" if seed0 else "–"
-        rows.append(f"| {label} | {val0} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
-                    f"{_pm(_rule(cells, 'stochastic', 'train'))} |")
+        rows.append(f"| {label} | {val0} | {len(cells)} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | "
+                    f"{pm(_rule(cells, 'stochastic', 'train'))} |")
     chosen = _chosen_recipe(groups)
     paper = PAPER_TABLE1[("dt", "one-hot", "mnist")]["test"]
     return "\n".join(rows) + (f"\n\nChosen on seed 0's validation accuracy: **{chosen}**; the paper reports "
-                              f"{paper[0]:.2f} ± {paper[1]:.2f} after 100 epochs.")
+                              f"{pm(paper)} after 100 epochs.")
 
 
 def table_recipe_vs_paper(r: dict) -> str:
@@ -299,8 +292,8 @@ def table_recipe_vs_paper(r: dict) -> str:
         f"| NoProp-DT, MNIST | epochs | seeds | test, paper's rule | test, no noise | test, {ens} |",
         "|---|---|---|---|---|---|",
         f"| ours ({chosen}, chosen on validation) | {r['common'].get('epochs')} | {len(cells)} | "
-        f"**{_pm(_rule(cells, 'stochastic'))}** | {_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} |",
-        f"| the paper (Table 1) | 100 | – | **{paper[0]:.2f} ± {paper[1]:.2f}** | – | – |"])
+        f"**{pm(_rule(cells, 'stochastic'))}** | {pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} |",
+        f"| the paper (Table 1) | 100 | – | **{pm(paper)}** | – | – |"])
 
 
 def _chain_means(cells: list[dict]) -> dict[str, list[float]]:
