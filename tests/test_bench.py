@@ -58,7 +58,7 @@ def test_throughput_rows_and_tables(tmp_path):
                "command": "test"}
     md = bench.markdown(results)
     assert "block-samples/s" in md and "vs backprop" in md and results["machine"]["torch"] in md
-    assert f"CPU class **{machine.cpu_class()}**" in md and "bf16 skipped" in md
+    assert f"CPU class **{machine.class_name(machine.cpu_class())}**" in md and "bf16 skipped" in md
     json.dumps(results)
 
 

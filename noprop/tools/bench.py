@@ -36,7 +36,7 @@ from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..data import load_data
 from ..evaluation import format_mean_se
-from ..machine import cpu_class, describe, provenance
+from ..machine import class_name, cpu_class, describe, machine_line, provenance
 from ..methods import get_method
 from ..parallel import choose_groups
 from ..trainer import Trainer, final_evaluation, make_optimizer
@@ -322,16 +322,9 @@ def _tta_row(target, train_wall, wall, epochs_run, val_curve, precision, order, 
             "test_acc_runs": st["runs"]}
 
 
-def _machine_line(m: dict) -> str:
-    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
-    return (f"Machine: {m['cpu']} (CPU class **{m['cpu_class']}**: {', '.join(m['cpu_flags'])}{caps}), "
-            f"{m['cores']} cores, {m['threads']} threads, torch {m['torch']}"
-            + (f"; GPU: {m['gpu']} ({m['device']})" if m.get("gpu") else ""))
-
-
-def markdown(results: dict) -> str:
+def markdown(results: dict, machine_header: bool = True) -> str:
     m = results["machine"]
-    lines = [_machine_line(m), ""]
+    lines = [f"Machine: {machine_line(results)}", ""] if machine_header else []
     for note in results.get("notes", []):
         lines += [f"Note: {note}", ""]
     pk = results.get("peak") or {}
@@ -344,7 +337,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("throughput"):
         lines += [f"| method | data | precision | block-samples/s | train FLOPs per block-sample | GFLOP/s | "
-                  f"share of measured peak ({m['cpu_class']}) |", "|---|---|---|---|---|---|---|"]
+                  f"share of measured peak ({class_name(m['cpu_class'])}) |", "|---|---|---|---|---|---|---|"]
         for r in results["throughput"]:
             p = pk.get(r["precision"], {}).get("measured_gflops")
             share = f"{100 * r['gflops'] / p:.0f}%" if p else "–"

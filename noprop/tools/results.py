@@ -22,13 +22,11 @@ from pathlib import Path
 from .. import machine
 from ..checkpoint import atomic_write_text
 from ..evaluation import format_mean_se as pm  # mean ± s.e., the cells of every table
+from ..machine import class_name, machine_line
 from ..paper import PAPER_TABLE1
 from .bench import markdown
 from .report import seed_stats
 from .settings import STEP_SETTINGS
-
-CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
-               "avx2": "AVX2/FMA", "other": "other"}
 
 
 def save_study(root: Path, study: str, script: str, argv: list[str], fields: dict) -> Path:
@@ -45,15 +43,6 @@ def save_study(root: Path, study: str, script: str, argv: list[str], fields: dic
 
 def load_results(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
-
-
-def machine_line(r: dict) -> str:
-    m = r["machine"]
-    cls = CLASS_NAMES.get(m["cpu_class"], m["cpu_class"])
-    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
-    return (f"{m['cpu']}, CPU class **{cls}**{caps}, {r.get('threads', m.get('threads'))} thread(s), torch "
-            f"{r.get('torch', m.get('torch'))}, noprop {r.get('noprop_version')} at commit "
-            f"`{(r.get('git_commit') or '?')[:12]}`")
 
 
 def _outside(path: str) -> bool:
@@ -333,7 +322,7 @@ def summary_chain(r: dict, label: str = "NoProp-DT (one-hot)") -> str:
 
 
 def table_bench(r: dict) -> str:
-    return markdown(r)
+    return markdown(r, machine_header=False)  # the source line below names the machine
 
 
 def _timing_what(row: dict) -> str:
@@ -351,7 +340,7 @@ def table_timing(results: dict[str, dict]) -> str | None:
         return None
     rows = ["| CPU class | what | command | wall time | printed |", "|---|---|---|---|---|"]
     for _, r in sorted(files.items()):
-        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        cls = class_name(r["machine"]["cpu_class"])
         caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
         for row in r["rows"]:
             m, s = divmod(round(row["seconds"]), 60)
@@ -493,7 +482,7 @@ def table_make_run(results: dict[str, dict]) -> str | None:
             "wall time (s) | training (s) | evaluation (s) | steps per block (of 100) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in sorted(files.items(), key=lambda kv: (kv[1]["machine"]["cpu_class"], kv[1]["hog"])):
-        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        cls = class_name(r["machine"]["cpu_class"])
         caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
         runs = r["runs"]
         chosen = sorted({x["rule_chosen_on_val"] for x in runs})
