@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from noprop import bench, nets
-from noprop.results import save_study
+from noprop import nets
+from noprop.tools import bench
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from noprop.results import save_study
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 HOG = "while True: pass"

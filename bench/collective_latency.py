@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from noprop.results import save_study
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from noprop import bench
-from noprop.results import save_study
+from noprop.tools import bench
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, T = 128, 10

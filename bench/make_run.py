@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from noprop.results import save_study
+from noprop.tools.results import save_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import ROOT, make_target_command, shown  # noqa: E402

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from noprop.bench import WORKERS_BATCH
-from noprop.results import STEP_SETTINGS, save_study
+from noprop.tools.results import save_study
+from noprop.tools.settings import STEP_SETTINGS, WORKERS_BATCH
 
 ROOT = Path(__file__).resolve().parent.parent
 

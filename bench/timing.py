@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from noprop.results import save_study
+from noprop.tools.results import save_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 from collective_latency import step_sum_values, time_sums  # this folder is on sys.path when run as a script
 
-from noprop import bench
-from noprop.results import save_study
+from noprop.tools import bench
+from noprop.tools.results import save_study
+from noprop.tools.settings import WORKERS_BATCH
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +88,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--repeats", type=int, default=2, help="windows per figure; the best counts")
-    ap.add_argument("--batch", choices=bench.WORKERS_BATCH, default="global",
+    ap.add_argument("--batch", choices=WORKERS_BATCH, default="global",
                     help="global: a data shard steps on 64 (the paper's 128 split in two); per-rank: on 128")
     a = ap.parse_args()
     rows = [measure(m, p, a.seconds, a.repeats, a.batch) for p in a.precision for m in a.methods]

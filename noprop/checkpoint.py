@@ -28,13 +28,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
+from .errors import CheckpointError
+
 FORMAT = "noprop-checkpoint-1"      # train state (and, before version 0.2, every checkpoint)
 WEIGHTS_FORMAT = "noprop-weights-1"
 JSON_METADATA = ("config", "image_shape", "num_classes", "epoch")  # stored as JSON text
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -10,19 +10,19 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint, device, parallel
-from .bench import WORKERS_BATCH
-from .checkpoint import CheckpointError
-from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config, ConfigError
-from .data import DATASETS, DataError
+from . import checkpoint, device, diagnose, models, parallel, trainer
+from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config
+from .data import DATASETS, load_data
 from .embedding import KINDS
-from .method import load_plugin, method_names
-from .presets import PresetError, get_preset, list_presets
-from .trainer import STATE, DivergenceError, RunDirError
+from .errors import USER_ERRORS, ConfigError, RunDirError
+from .evaluation import format_mean_se, rules_accuracy
+from .method import load_plugin
+from .methods import get_method, method_names
+from .presets import get_preset, list_presets
+from .tools.settings import WORKERS_BATCH
+from .trainer import STATE
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it
-USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError,
-               DivergenceError)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -224,12 +224,7 @@ def _config_from_args(a: argparse.Namespace) -> Config:
     return Config(**fields).validate()
 
 
-def _fmt(mean: float, se: float) -> str:
-    return f"{mean:.2f} +- {se:.2f}%"
-
-
 def cmd_train(a: argparse.Namespace) -> int:
-    from . import models, trainer
     cfg = _config_from_args(a)
     for option, value in (("--eval-runs", a.eval_runs), ("--workers", a.workers)):
         if value < 1:
@@ -257,15 +252,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _load_for_eval(a: argparse.Namespace):
-    from .data import load_data
-    from .models import load
-    model = load(a.checkpoint, a.device)
+    model = models.load(a.checkpoint, a.device)
     data = load_data(model.config, a.data_dir, a.download)
     return model, model.config, getattr(data, a.split)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluation import rules_accuracy
     if a.runs < 1:
         raise ConfigError("--runs: must be >= 1")
     if a.ensemble < 1:
@@ -291,12 +283,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     else:
         for rule, r in res.items():
             kind = {"stochastic": "stochastic", "no-noise": "noise-free"}.get(rule, rule)
-            print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {_fmt(r['mean'], r['se'])}")
+            print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {format_mean_se(r, sign='+-')}%")
     return 0
 
 
 def _solvers(name: str) -> tuple:
-    from .method import get_method
     return get_method(name).solvers
 
 
@@ -306,7 +297,7 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 
 def cmd_table(a: argparse.Namespace) -> int:
-    from .report import collect, load_results, table1_markdown
+    from .tools.report import collect, load_results, table1_markdown  # the tools load when their command runs
     results, skipped = load_results(a.runs)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
@@ -320,8 +311,8 @@ def cmd_table(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from . import bench, reproduce
-    from .report import write_report
+    from .tools import bench, reproduce
+    from .tools.report import write_report
     overrides = {k: v for k, v in (("epochs", a.epochs), ("steps", a.steps), ("train_subset", a.train_subset),
                                    ("val_subset", a.val_subset), ("test_subset", a.test_subset),
                                    ("precision", a.precision)) if v is not None}
@@ -344,7 +335,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
     if a.seconds <= 0:
         raise ConfigError(f"--seconds: must be > 0, got {a.seconds}")
     if a.workers_repeats < 1:
@@ -362,14 +353,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from .results import run
+    from .tools.results import run
     return run(Path(a.root), check=a.check)
 
 
 def cmd_diagnose(a: argparse.Namespace) -> int:
-    from .diagnose import chain_analysis, table
     model, cfg, split = _load_for_eval(a)
-    diag = chain_analysis(model, split, seed=a.seed, batch_size=cfg.eval_batch_size)
+    diag = diagnose.chain_analysis(model, split, seed=a.seed, batch_size=cfg.eval_batch_size)
     if a.json:
         print(json.dumps(diag))
         return 0
@@ -377,7 +367,7 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
             "the chain's z_(t-1), (c) pure noise, (d) zeros; " if diag["kind"] == "dt" else "")
     print(f"{a.split} accuracy (%) per step t of the inference chain ({len(split)} images). {what}'head': the "
           "output head (the method's classifier) on z_t along the chain, with and without the noise")
-    print(table(diag))
+    print(diagnose.table(diag))
     return 0
 
 

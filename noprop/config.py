@@ -6,18 +6,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from .data import DATASETS, is_npz
+from .device import valid_name as valid_device
 from .embedding import KINDS as EMBEDDINGS
+from .errors import ConfigError
+from .method import load_plugin
+from .methods import get_method
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 ORDERS = ("paper", "all", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 BATCHNORM_STATS = ("global", "local")  # data-parallel BatchNorm: the global batch's, or each shard's
-
-
-class ConfigError(ValueError):
-    """An option has a value that cannot work; the message names the option."""
 
 
 @dataclass
@@ -75,10 +77,6 @@ class Config:
 
     def validate(self) -> Config:
         """Check every field and fill the method-dependent defaults (eta, optimizer, solver)."""
-        from .data import DATASETS, is_npz
-        from .device import valid_name as valid_device
-        from .method import get_method, load_plugin
-
         def need(cond: bool, option: str, msg: str):
             if not cond:
                 raise ConfigError(f"--{option.replace('_', '-')}: {msg}")
@@ -142,7 +140,6 @@ class Config:
     def from_json_file(cls, path) -> Config:
         """A run's config.json (``noprop train --config``); the message names the file when it is
         not one."""
-        from pathlib import Path
         path = Path(path)
         try:
             d = json.loads(path.read_text())

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError
 from .download import DataError, RemoteFile, digest_of, download, safe_extract, verify_file
+from .errors import ConfigError
 
 BUNDLED = Path(__file__).parent / "_bundled"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

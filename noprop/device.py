@@ -22,6 +22,10 @@ import os
 
 import torch
 
+from .errors import ConfigError
+from .machine import bf16_native_cpu
+from .noise import randn as batch_randn
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -34,7 +38,6 @@ def valid_name(name: str) -> bool:
 
 def resolve(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """The torch.device for a --device value. A rank of a multi-GPU run takes GPU LOCAL_RANK."""
-    from .config import ConfigError
     if not valid_name(name):
         raise ConfigError(f"--device: unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
     if name == "auto":
@@ -58,7 +61,6 @@ def bf16_native(device: torch.device) -> bool:
     """Whether the device computes in bf16 natively (not emulated through fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from .machine import bf16_native_cpu
     return bf16_native_cpu()
 
 
@@ -89,7 +91,6 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
     depend on the device; without one (training): drawn on the device from its default generator,
     through noise.randn (a data-parallel rank's slice of the global batch's draw)."""
     if generator is None:
-        from .noise import randn as batch_randn
         return batch_randn(shape, device, dtype)
     return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 

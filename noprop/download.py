@@ -18,10 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-
-class DataError(RuntimeError):
-    """A dataset file is missing, corrupt or not what it claims to be. The message names the file
-    and says what to do."""
+from .errors import DataError
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class ClassEmbedding(nn.Module):
         """u_y for a batch of integer labels."""
         return self.weight[y]
 
-    def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def sample_z0(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """z_0 ~ N(0, I) in the embedding space: where every method's inference starts."""
         return randn((n, self.dim), generator, device or self.weight.device, self.weight.dtype)
 

@@ -35,6 +35,16 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(var / n)
 
 
+def format_mean_se(v, digits: int = 2, sign: str = "±") -> str:
+    """A mean and its standard error as the tables and the CLI print them. v: (mean, se), or a dict
+    with "mean" and "se" (seed_stats', rules_accuracy's); None prints "–", an s.e. of None (one
+    seed says nothing of the spread between seeds) the mean alone. sign: "+-" on terminal lines."""
+    if v is None:
+        return "–"
+    mean, se = (v["mean"], v["se"]) if isinstance(v, dict) else v
+    return f"{mean:.{digits}f}" if se is None else f"{mean:.{digits}f} {sign} {se:.{digits}f}"
+
+
 def default_autocast(model: Method) -> torch.dtype | None:
     """Inference in the precision the run trained in (bf16 autocast where it trained so)."""
     cfg = getattr(model, "config", None)

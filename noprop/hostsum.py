@@ -35,6 +35,8 @@ import uuid
 import torch
 import torch.distributed as dist
 
+from .errors import DistributedError
+
 SHM = "/dev/shm"
 LINE = 64  # bytes: each rank's counter on a cache line of its own
 
@@ -159,7 +161,6 @@ class HostSum:
                 now = time.monotonic()
                 deadline = deadline or now + self.timeout_s
                 if now > deadline:
-                    from .parallel import DistributedError
                     raise DistributedError(f"a rank of the group did not reach the same sum within "
                                            f"{self.timeout_s:.0f} s (NOPROP_DIST_TIMEOUT); it has probably died")
 

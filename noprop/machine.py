@@ -13,7 +13,11 @@ from pathlib import Path
 
 import torch
 
+from .version import __version__
+
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
+               "avx2": "AVX2/FMA", "other": "other"}
 
 
 def cpu_flags() -> set[str]:
@@ -75,7 +79,6 @@ def git_commit() -> str | None:
 
 def provenance() -> dict:
     """Version and commit of the code that made a result."""
-    from . import __version__
     return {"noprop_version": __version__, "git_commit": git_commit(), "torch": torch.__version__}
 
 
@@ -88,3 +91,19 @@ def describe(dev=None) -> dict:
             "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
             "device": str(dev or "cpu"),
             "gpu": torch.cuda.get_device_name(dev) if dev is not None and getattr(dev, "type", "") == "cuda" else None}
+
+
+def class_name(cls: str) -> str:
+    """A CPU class as the docs name it ("amx" -> "AVX-512 BF16 + AMX")."""
+    return CLASS_NAMES.get(cls, cls)
+
+
+def machine_line(r: dict) -> str:
+    """The machine and the code a result was measured with, in one line of Markdown: r holds
+    describe()'s "machine" and provenance()'s fields (every result file and bench result does)."""
+    m = r["machine"]
+    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
+    gpu = f", GPU {m['gpu']} ({m['device']})" if m.get("gpu") else ""
+    return (f"{m['cpu']}, CPU class **{class_name(m['cpu_class'])}**{caps}{gpu}, "
+            f"{r.get('threads', m.get('threads'))} thread(s), torch {r.get('torch', m.get('torch'))}, noprop "
+            f"{r.get('noprop_version')} at commit `{(r.get('git_commit') or '?')[:12]}`")

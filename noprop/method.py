@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .ode import last
 
 if TYPE_CHECKING:
@@ -86,6 +87,14 @@ class Method(nn.Module):
         """num_blocks of the model cfg builds, known before building it (parallel layouts need it)."""
         return 1
 
+    @classmethod
+    def network_blocks(cls, cfg: Config) -> int:
+        """How many blocks the model's network holds, the unit the bench counts work in
+        (block-samples): NoProp-DT's T, the backprop baseline's T chained blocks, 1 for one network.
+        An image passes each once an epoch; a step of the baseline updates all of them, a step of
+        NoProp-DT one of its blocks_for(cfg), which train apart."""
+        return cls.blocks_for(cfg)
+
     @property
     def num_blocks(self) -> int:
         return 1
@@ -120,19 +129,32 @@ class Method(nn.Module):
 
     def final_latent(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
                      steps: int | None = None, solver: str | None = None, features=None) -> torch.Tensor:
-        """The latent the classifier reads (NoProp-DT: z_T of Eq. 3; CT/FM: z_1) from z_0 ~ N(0, I)."""
+        """The latent the classifier reads (NoProp-DT: z_T of Eq. 3; CT/FM: z_1) from z_0 ~ N(0, I).
+        Default: the last step of chain(). A method overrides this, chain(), or both."""
+        if type(self).chain is Method.chain:
+            raise NotImplementedError(f"{type(self).__name__} must define final_latent or chain (or both): "
+                                      "inference has neither")
         shared = {} if features is None else {"features": features}
         return last(self.chain(x, noise, generator, steps, solver, **shared)).z
 
     def chain(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
               steps: int | None = None, solver: str | None = None) -> Iterator[ChainStep]:
         """The inference chain step by step, for diagnostics. Default: the final latent only."""
-        yield ChainStep(1, self.final_latent(x, noise, generator, steps, solver))
+        if type(self).final_latent is Method.final_latent:
+            raise NotImplementedError(f"{type(self).__name__} must define chain or final_latent (or both): "
+                                      "inference has neither")
+        return iter([ChainStep(1, self.final_latent(x, noise, generator, steps, solver))])
+
+    def is_legacy_key(self, key: str) -> bool:
+        """Whether a key of a checkpoint's state dict that this model lacks is one an older version
+        of this method saved and this one dropped (models.legacy_keys then leaves it out). Default:
+        none."""
+        return False
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         """Class scores (logits) from a final latent; their argmax is the prediction and their
         softmax what the ensemble rule averages."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define classify")
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None,
@@ -166,30 +188,9 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    from .config import ConfigError
-    _builtin()
-    if name not in REGISTRY:
-        raise ConfigError(f"--method: unknown method {name!r}; choose one of {', '.join(method_names())} "
-                          "(a method of your own: --plugin FILE.py that registers it)")
-    return REGISTRY[name]
-
-
-def method_names() -> list[str]:
-    """Every registered method, the paper's first, in the order lists and tables show them."""
-    _builtin()
-    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].listing_order, n))
-
-
-def _builtin() -> None:
-    """Import the package's own methods (they register themselves)."""
-    from . import adjoint, backprop, cnn, ct, dt, fm  # noqa: F401
-
-
 def load_plugin(spec: str) -> None:
     """Import a module that registers methods: a path to a .py file or a module name. Importing the
     same one twice is a no-op."""
-    from .config import ConfigError
     if spec.endswith(".py"):
         path = Path(spec).resolve()
         name = "noprop_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))

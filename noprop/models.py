@@ -15,7 +15,8 @@ from . import checkpoint, device
 from .config import Config
 from .embedding import ClassEmbedding, prototype_init
 from .machine import provenance
-from .method import Method, get_method
+from .method import Method
+from .methods import get_method
 
 
 def build_embedding(cfg: Config, image_shape, num_classes: int, train_split=None) -> ClassEmbedding:
@@ -66,18 +67,18 @@ def load(path: str | os.PathLike, device_name: str = "cpu") -> Method:
             raise checkpoint.CheckpointError(f"{path}: its metadata lacks {key!r}; it was not written by noprop")
     cfg = Config.from_dict(meta["config"])
     model = build(cfg, meta["image_shape"], meta["num_classes"]).to(device.resolve(device_name))
-    model.load_state_dict(_legacy_keys(state_dict, model))
+    model.load_state_dict(legacy_keys(state_dict, model))
     model.eval()
     model.checkpoint_metadata = meta
     return model
 
 
-def _legacy_keys(state_dict: dict, model: Method) -> dict:
+def legacy_keys(state_dict: dict, model: Method) -> dict:
     """Checkpoints written before version 0.2 held schedule buffers (alpha_bar, coef_*, l2_weight)
-    that are now plain attributes, and an FM head that nothing trained with a fixed embedding."""
+    that are now plain attributes, and keys their method has since dropped (Method.is_legacy_key)."""
     if all(k in state_dict for k in model.state_dict()) and len(state_dict) == len(model.state_dict()):
         return state_dict
     legacy = {"alpha_bar", "coef_a", "coef_b", "coef_c", "l2_weight"}
     wanted = model.state_dict().keys()
     return {k: v for k, v in state_dict.items()
-            if k in wanted or not (k in legacy or (k.startswith("head.") and model.config.method == "fm"))}
+            if k in wanted or not (k in legacy or model.is_legacy_key(k))}

@@ -52,9 +52,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-
-class DistributedError(RuntimeError):
-    pass
+from .device import backend, resolve
+from .errors import ConfigError, DistributedError
+from .hostsum import HostSum
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,6 @@ def owned_blocks(num_blocks: int, groups: int, group: int) -> list[int]:
 
 def choose_groups(num_blocks: int, world: int, requested: int | None = None) -> int:
     """G for a world of W ranks (see the module docstring); `requested` (--block-groups) is checked."""
-    from .config import ConfigError
     if requested is not None:
         if requested < 1 or world % requested:
             raise ConfigError(f"--block-groups: {requested} does not divide the {world} workers into equal "
@@ -111,7 +110,6 @@ def choose_groups(num_blocks: int, world: int, requested: int | None = None) -> 
 
 def check_layout(cfg, num_blocks: int, d: Dist) -> None:
     """Refuse configurations a layout cannot run, naming the option."""
-    from .config import ConfigError
     if not d.active:
         return
     if cfg.batch_size % d.shards:
@@ -139,7 +137,6 @@ def init_from_env(device_name: str = "auto", num_blocks: int = 1, groups: int | 
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return SINGLE
     if not dist.is_initialized():
-        from .device import backend, resolve
         store, rank, world = next(dist.rendezvous("env://", timeout=timeout()))
         store = dist.PrefixStore(f"noprop/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         dist.init_process_group(backend(resolve(device_name)), store=store, rank=rank, world_size=world,
@@ -360,7 +357,6 @@ class Collectives:
     def _host_sums(self, model, bn_group) -> None:
         """Shared-memory sums for the groups whose ranks share this machine (each group's ranks
         set theirs up together; hostsum.HostSum.create says where it cannot be used)."""
-        from .hostsum import HostSum
         wait = timeout().total_seconds()
         grads = sum(p.numel() for p in model.parameters()) * 4
         flags = 2 * 4

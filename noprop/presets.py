@@ -7,6 +7,9 @@ rather than inventing a value."""
 
 from __future__ import annotations
 
+from .errors import PresetError
+from .methods import get_method
+
 DATASETS = ("mnist", "cifar10", "cifar100")
 METHODS = ("dt", "backprop", "adjoint", "ct", "fm")
 
@@ -56,7 +59,6 @@ def _num(x: float) -> str:
 
 def _describe(p: dict) -> str:
     opt = {"adamw": "AdamW", "adam": "Adam"}[p["optimizer"]]
-    from .method import get_method
     s = (f"paper Table 3: {_DATASET_NAMES[p['dataset']]}, {get_method(p['method']).display_name}: "
          f"batch {p['batch_size']}, {p['epochs']} epochs, {opt} lr {_num(p['lr'])} wd {_num(p['weight_decay'])}")
     s += f", T={p['T']}" if p["method"] in ("dt", "backprop") else f", {p['steps']} steps"
@@ -67,18 +69,6 @@ def _describe(p: dict) -> str:
 
 PRESETS: dict[str, dict] = {f"{d}-{m}": _make(d, m) for d in DATASETS for m in METHODS}
 PAPER_ROW: dict[str, str] = {name: _describe(p) for name, p in PRESETS.items()}
-
-
-class PresetError(KeyError):
-    """An unknown preset name. KeyError's str() wraps the message in quotes, so __str__ is
-    overridden to print the message as written."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def get_preset(name: str) -> dict:

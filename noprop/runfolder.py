@@ -26,13 +26,10 @@ import torch
 
 from . import checkpoint, models
 from .checkpoint import CheckpointError
+from .errors import RunDirError
 
 LAST, BEST, STATE, CONFIG, METRICS, RESULT = ("last.safetensors", "best.safetensors", "train_state.safetensors",
                                               "config.json", "metrics.jsonl", "result.json")
-
-
-class RunDirError(RuntimeError):
-    """The output folder cannot be used as asked."""
 
 
 class RunFolder:

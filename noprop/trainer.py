@@ -39,14 +39,11 @@ from . import device, models, noise
 from .checkpoint import CheckpointError
 from .config import Config
 from .data import Dataset, augment, batches, load_data, subset
+from .errors import DivergenceError
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
 from .runfolder import BEST, CONFIG, LAST, METRICS, RESULT, STATE, RunDirError, RunFolder
-
-
-class DivergenceError(RuntimeError):
-    """A loss became NaN or inf. The last good checkpoint is kept."""
 
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
@@ -160,7 +157,7 @@ class Trainer:
         if diff:
             raise RunDirError(f"the checkpoint in {self.out} was trained with different settings "
                               f"({', '.join(diff)}); resume with the same options or use another --out")
-        self.model.load_state_dict(models._legacy_keys(state["model"], self.model))
+        self.model.load_state_dict(models.legacy_keys(state["model"], self.model))
         block_states, shared_state = state["block_opts"], state["shared_opt"]
         if not block_states and self.shared_opt is None:  # before 0.2 one network's optimizer was 'shared'
             block_states, shared_state = [shared_state], None
@@ -624,7 +621,7 @@ def describe_untrained(blocks: list[int], num_blocks: int) -> str:
 def describe_result(result: dict, cfg: Config | None = None) -> str:
     """The run's headline: the test accuracy under the rule chosen on validation, the paper's rule
     and the paper's own figure beside it, and where the time went."""
-    from .report import PAPER_TABLE1  # a leaf of tables; report imports the trainer's neighbours
+    from .paper import PAPER_TABLE1  # the paper's Table 1 (a leaf of data)
     test = result["test"]
     chosen = result.get("rule_chosen_on_val", "stochastic")
     r = test[chosen]

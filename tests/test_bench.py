@@ -7,8 +7,9 @@ import platform
 import pytest
 import torch
 
-from noprop import bench, machine
+from noprop import machine
 from noprop.nets import DTBlock
+from noprop.tools import bench
 
 
 def test_flop_counter_matches_the_hand_count_of_the_mnist_block():
@@ -57,7 +58,7 @@ def test_throughput_rows_and_tables(tmp_path):
                "command": "test"}
     md = bench.markdown(results)
     assert "block-samples/s" in md and "vs backprop" in md and results["machine"]["torch"] in md
-    assert f"CPU class **{machine.cpu_class()}**" in md and "bf16 skipped" in md
+    assert f"CPU class **{machine.class_name(machine.cpu_class())}**" in md and "bf16 skipped" in md
     json.dumps(results)
 
 
@@ -167,7 +168,7 @@ def test_the_im2col_candidate_computes_the_convolution_and_its_gradients():
 def test_ceiling_and_two_process_tables():
     """The tables of bench/conv_ceiling.py and bench/two_process_ceiling.py, rendered from small
     files: shares of the peak in per cent, the ceiling and its two factors."""
-    from noprop.results import render
+    from noprop.tools.results import render
     m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 2, "torch": "2"}
     layer = lambda what, ms, gf: {"what": what, "ms": ms, "ms_per_block": ms, "gflops": gf,  # noqa: E731
                                   "share_of_peak": gf / 200}
@@ -195,7 +196,7 @@ def test_ceiling_and_two_process_tables():
 def test_collectives_table():
     """bench/collective_latency.py's table: both columns and their ratio, and a machine where the
     shared-memory sum was not available says so."""
-    from noprop.results import render
+    from noprop.tools.results import render
     m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 2, "torch": "2"}
     r = {"command": "python bench/collective_latency.py", "machine": m, "threads": 1, "rows": [
         {"what": "status word", "values": 2, "bytes": 8, "gloo_ms": 0.44, "shared_memory_ms": 0.022},
@@ -235,7 +236,7 @@ def test_two_process_ceiling_runs_two_real_processes():
 def test_a_bench_script_result_file_names_its_command_commit_machine_and_class(tmp_path, monkeypatch):
     """results.save_study, which every bench script writes its file with: results/<study>-<class>.json
     holding the command as typed, the commit, the machine, then the script's own fields."""
-    from noprop import results
+    from noprop.tools import results
     monkeypatch.setattr(machine, "cpu_class", lambda flags=None: "avx2")
     (tmp_path / "results").mkdir()
     path = results.save_study(tmp_path, "ceiling", "bench/conv_ceiling.py", ["--threads", "2", "a b"],
@@ -250,7 +251,7 @@ def test_a_bench_script_result_file_names_its_command_commit_machine_and_class(t
 def test_step_breakdown_table():
     """bench/step_breakdown.py's table: one row per setting, both ranks of the two-process one,
     images/s set by the slower rank and compared with one process at batch 128."""
-    from noprop.results import render
+    from noprop.tools.results import render
     m = {"cpu": "cpu", "cpu_class": "avx2", "threads": 1, "torch": "2"}
 
     def rank(step, sums=0.0, waiting=0.0, opt=1.0):

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from noprop.adjoint import Adjoint
-from noprop.backprop import Backprop
-from noprop.ct import NoPropCT
 from noprop.embedding import ClassEmbedding
-from noprop.fm import NoPropFM
+from noprop.methods.adjoint import Adjoint
+from noprop.methods.backprop import Backprop
+from noprop.methods.ct import NoPropCT
+from noprop.methods.fm import NoPropFM
 from noprop.nets import TimeNet, count_parameters, sinusoidal_embedding
 from noprop.ode import integrate
 from noprop.schedule import LearnedSchedule
@@ -160,7 +160,7 @@ def test_fm_integrates_the_field_step_by_step_and_predicts_the_nearest_embedding
     u_c = torch.eye(10)[c]
     m.velocity = lambda z, x, t, features=None: k * (u_c - z)
     x = torch.randn(5, *SHAPE)
-    z0 = m.embed.noise(5, torch.Generator().manual_seed(0))
+    z0 = m.embed.sample_z0(5, torch.Generator().manual_seed(0))
     z1 = m.final_latent(x, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(z1, u_c + (z0 - u_c) * factor(k / n) ** n)
     one_jump = m.final_latent(x, generator=torch.Generator().manual_seed(0), steps=1)

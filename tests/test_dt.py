@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from noprop.data import Split
-from noprop.dt import NoPropDT
 from noprop.embedding import ClassEmbedding
 from noprop.evaluation import predict
+from noprop.methods.dt import NoPropDT
 from noprop.schedule import CosineSchedule
 
 SHAPE = (1, 16, 16)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from noprop.presets import PAPER_ROW, PRESETS, PresetError, get_preset, list_presets
-from noprop.report import PAPER_TABLE1, collect, load_results, table1_markdown
+from noprop.tools.report import PAPER_TABLE1, collect, load_results, table1_markdown
 
 DATASETS = ("mnist", "cifar10", "cifar100")
 METHODS = ("dt", "backprop", "adjoint", "ct", "fm")
@@ -197,14 +197,14 @@ def test_every_table_of_the_readme_and_docs_is_generated_from_committed_results(
     result file under results/ and equals what the file gives (no typed or stale number survives)."""
     from pathlib import Path
 
-    from noprop.results import run
+    from noprop.tools.results import run
     assert run(Path(__file__).resolve().parent.parent, check=True) == 0
 
 
 def test_results_tables_from_a_small_study(tmp_path):
     """The generator on a study of two variants x two seeds: seed-level mean ± s.e., the rule
     differences per seed, and a marker regenerated in place."""
-    from noprop.results import regenerate
+    from noprop.tools.results import regenerate
     runs = lambda base: {"stochastic": {"runs": [base, base + 2]}, "no-noise": {"runs": [base + 3, base + 3]},  # noqa: E731
                          "ensemble-10": {"runs": [base + 1]}}
     cells = [{"label": lab, "seed": s, "result": {"test": runs(90.0 + s + off), "best_val_acc": 80.0},
@@ -224,7 +224,7 @@ def test_results_tables_from_a_small_study(tmp_path):
 def test_val_test_gap_leaves_out_runs_stopped_inside_their_first_epoch():
     """A run whose budget ended inside its first epoch has untrained blocks (chance on both splits):
     it is named as left out, and the mean gap is over the trained runs only."""
-    from noprop.results import table_val_test_gap
+    from noprop.tools.results import table_val_test_gap
     cell = lambda lab, s, val, test, frac: {  # noqa: E731
         "label": lab, "seed": s, "history": [{"val_acc": val}],
         "result": {"epochs_fraction": frac, "test": {"stochastic": {"mean": test}}}}
@@ -239,7 +239,7 @@ def test_val_test_gap_leaves_out_runs_stopped_inside_their_first_epoch():
 def test_recipe_table_chooses_on_seed_zero_validation_and_counts_seeds():
     """dt-recipe: both recipes on seed 0, the better final validation accuracy chosen (even where its
     test accuracy is worse), and only the chosen one on seeds 1 and 2; test columns are seed means."""
-    from noprop.results import table_recipe
+    from noprop.tools.results import table_recipe
     runs = lambda acc: {"stochastic": {"runs": [acc, acc]}, "no-noise": {"runs": [acc + 1, acc + 1]},  # noqa: E731
                         "ensemble-10": {"runs": [acc + 0.5]}}
     cell = lambda lab, s, val, acc: {  # noqa: E731

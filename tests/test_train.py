@@ -313,7 +313,8 @@ def test_a_one_network_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_p
 def test_the_inference_rule_is_chosen_on_validation_never_on_test(mnist, monkeypatch):
     """final_evaluation names the rule with the best validation accuracy, even where the test set
     would rank the rules the other way; the time-to-accuracy row judges its target by that rule."""
-    from noprop import bench, trainer
+    from noprop import trainer
+    from noprop.tools import bench
     d = tiny(mnist)
     scores = {id(d.val): {"stochastic": 90.0, "no-noise": 95.0}, id(d.test): {"stochastic": 99.5, "no-noise": 98.0}}
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .method import Method, register_method
-from .nets import ConvPath
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import Method, register_method
+from ..nets import ConvPath
 
 
 @register_method
@@ -42,7 +43,6 @@ class CNN(Method):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from .config import ConfigError
         if cfg.embedding != "one-hot":
             raise ConfigError(f"--embedding: the cnn reference method has no label embedding; leave it at "
                               f"one-hot (got {cfg.embedding!r})")

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import DTBlock
-from .schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import ChainStep, Method, register_method
+from ..nets import DTBlock
+from ..schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
 
 HEADS = ("linear", "posterior")
 HEAD_INITS = ("bayes", "random")
@@ -78,7 +79,6 @@ class NoPropDT(Method):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        from .config import ConfigError
         if cfg.head not in HEADS:
             raise ConfigError(f"--head: unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
         if cfg.head_init not in HEAD_INITS:
@@ -182,7 +182,7 @@ class NoPropDT(Method):
         """Run Eq. 3 from z_0 ~ N(0, I): yields z_t and block t's logits for t = 1..T.
         noise=False drops the sqrt(c_t) eps term (a deterministic option beside the paper's rule).
         features: image_features(x), where the caller has it."""
-        z = self.embed.noise(len(x), generator, x.device)
+        z = self.embed.sample_z0(len(x), generator, x.device)
         for t in range(1, self.T + 1):
             logits, u_hat = self.u_hat(t, z, x, None if features is None else features[t - 1])
             z = self.schedule.step(t, u_hat, z, noise, generator)

@@ -25,18 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import noise
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import integrate
-from .schedule import LearnedSchedule, kl_to_standard_normal, q_sample
+from .. import noise as training_noise
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, register_method
+from ..ode import integrate
+from ..schedule import LearnedSchedule, kl_to_standard_normal, q_sample
+from .time_conditioned import TimeConditioned
 
 CT_SOLVERS = ("stochastic", "euler", "heun")
 
 
 @register_method
-class NoPropCT(Method):
+class NoPropCT(TimeConditioned):
     name = "ct"
     display_name = "NoProp-CT"
     listing_order = 2
@@ -45,14 +45,8 @@ class NoPropCT(Method):
 
     def __init__(self, image_shape, embedding: ClassEmbedding, eta: float = 1.0, steps: int = 1000,
                  solver: str = "stochastic", schedule: LearnedSchedule | None = None, dropout: float = 0.2):
-        super().__init__()
-        if solver not in CT_SOLVERS:
-            raise ValueError(f"unknown CT solver {solver!r}; choose one of {', '.join(CT_SOLVERS)}")
-        self.eta, self.steps, self.solver = eta, steps, solver
-        self.num_classes = embedding.num_classes
-        self.embed = embedding
-        self.net = TimeNet(image_shape, embedding.dim, self.num_classes,
-                           prototype=embedding.kind == "prototype", dropout=dropout)
+        super().__init__(image_shape, embedding, steps, solver, dropout)
+        self.eta = eta
         self.schedule = schedule or LearnedSchedule()
         self.head = nn.Linear(embedding.dim, self.num_classes)
 
@@ -75,23 +69,19 @@ class NoPropCT(Method):
         z_1 = q_sample(u, ab_ends[1])
         ce = F.cross_entropy(self.classify(z_1), y)
         kl = kl_to_standard_normal(u, ab_ends[0]).mean()
-        t = noise.rand(len(y), x.device)
+        t = training_noise.rand(len(y), x.device)
         z_t = q_sample(u, self.schedule.alpha_bar(t)[:, None])
         _, u_hat = self.u_hat(z_t, x, t)
         sq = (u_hat - u).pow(2).sum(-1)
         l2 = (self.schedule.snr_derivative(t) * sq).mean()
         return {"loss": ce + kl + self.eta / 2 * l2, "ce": ce, "kl": kl, "l2": sq.mean()}
 
-    def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
-        return self.net.image_features(x)
-
     @torch.no_grad()
     def chain(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,
               solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
         """z at each of the N steps from z_0 ~ N(0, I) (the logits are those of the step's u_hat)."""
         steps, solver = steps or self.steps, solver or self.solver
-        z = self.embed.noise(len(x), generator, x.device)
+        z = self.embed.sample_z0(len(x), generator, x.device)
         feats = self.image_features(x) if features is None else features  # once per image, every step
         if solver == "stochastic":
             grid = self.schedule.discretize(steps)

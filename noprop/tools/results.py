@@ -19,21 +19,23 @@ import shlex
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .report import PAPER_TABLE1, seed_stats
-
-CLASS_NAMES = {"amx": "AVX-512 BF16 + AMX", "avx512_bf16": "AVX-512 BF16", "avx512": "AVX-512",
-               "avx2": "AVX2/FMA", "other": "other"}
+from .. import machine
+from ..checkpoint import atomic_write_text
+from ..evaluation import format_mean_se as pm  # mean ± s.e., the cells of every table
+from ..machine import class_name, machine_line
+from ..paper import PAPER_TABLE1
+from .bench import markdown
+from .report import seed_stats
+from .settings import STEP_SETTINGS
 
 
 def save_study(root: Path, study: str, script: str, argv: list[str], fields: dict) -> Path:
     """Write a bench script's result file, root/results/<study>-<cpu class>.json: the command that
     ran (`python SCRIPT ARGS`), when, the commit and the machine, then the script's own fields."""
-    from .machine import cpu_class, describe, provenance
     command = "python " + " ".join(shlex.quote(x) for x in [script, *argv])
     out = {"study": study, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           **provenance(), "machine": describe(), **fields}
-    path = Path(root) / "results" / f"{study}-{cpu_class()}.json"
+           **machine.provenance(), "machine": machine.describe(), **fields}
+    path = Path(root) / "results" / f"{study}-{machine.cpu_class()}.json"
     atomic_write_text(path, json.dumps(out, indent=1))
     print(f"wrote {path}")
     return path
@@ -41,23 +43,6 @@ def save_study(root: Path, study: str, script: str, argv: list[str], fields: dic
 
 def load_results(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
-
-
-def _pm(v: dict | None, digits: int = 2) -> str:
-    if v is None:
-        return "–"
-    if v["se"] is None:
-        return f"{v['mean']:.{digits}f}"
-    return f"{v['mean']:.{digits}f} ± {v['se']:.{digits}f}"
-
-
-def machine_line(r: dict) -> str:
-    m = r["machine"]
-    cls = CLASS_NAMES.get(m["cpu_class"], m["cpu_class"])
-    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
-    return (f"{m['cpu']}, CPU class **{cls}**{caps}, {r.get('threads', m.get('threads'))} thread(s), torch "
-            f"{r.get('torch', m.get('torch'))}, noprop {r.get('noprop_version')} at commit "
-            f"`{(r.get('git_commit') or '?')[:12]}`")
 
 
 def _outside(path: str) -> bool:
@@ -136,8 +121,8 @@ def table_head_init(r: dict) -> str:
             "test acc, paper's rule | test acc, no noise |", "|---|---|---|---|---|---|"]
     groups = _by_variant(r)
     for label, cells in groups.items():
-        rows.append(f"| {label} | {len(cells)} | {_pm(_val(cells))} | {_pm(_hist(cells, 'ce'), 3)} | "
-                    f"{_pm(_rule(cells, 'stochastic'))} | {_pm(_rule(cells, 'no-noise'))} |")
+        rows.append(f"| {label} | {len(cells)} | {pm(_val(cells))} | {pm(_hist(cells, 'ce'), 3)} | "
+                    f"{pm(_rule(cells, 'stochastic'))} | {pm(_rule(cells, 'no-noise'))} |")
     return "\n".join(rows) + "\n\n" + _choice(groups, lambda lab: lab.split(",")[1], "head")
 
 
@@ -173,9 +158,9 @@ def table_small_budget(r: dict) -> str:
         diag = [c.get("diagnostics") for c in cells]
         b1 = seed_stats([[d["pure_noise"][0]] for d in diag]) if all(diag) else None
         hz = seed_stats([[d["head_chain"][-1]] for d in diag]) if all(diag) else None
-        rows.append(f"| {label.split()[0]} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | {_pm(_hist(cells, 'ce'), 3)} | "
-                    f"{_pm(b1)} | {_pm(hz)} |")
+        rows.append(f"| {label.split()[0]} | {len(cells)} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | {pm(_hist(cells, 'ce'), 3)} | "
+                    f"{pm(b1)} | {pm(hz)} |")
     return "\n".join(rows)
 
 
@@ -187,9 +172,9 @@ def table_equal_budget(r: dict) -> str:
     for label, cells in groups.items():
         epochs = [c["history"][-1]["epoch"] for c in cells]
         ep = f"{min(epochs):.1f}–{max(epochs):.1f}" if max(epochs) - min(epochs) > 0.05 else f"{epochs[0]:.1f}"
-        rows.append(f"| {label} | {len(cells)} | {ep} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
-                    f"{_pm(_rule(cells, 'stochastic', 'train'))} | {_pm(_hist(cells, 'ce'), 3)} |")
+        rows.append(f"| {label} | {len(cells)} | {ep} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | "
+                    f"{pm(_rule(cells, 'stochastic', 'train'))} | {pm(_hist(cells, 'ce'), 3)} |")
     return "\n".join(rows)
 
 
@@ -208,7 +193,7 @@ def table_rules(r: dict) -> str:
     for label, cells in groups.items():
         dn, de = diff(cells, "no-noise"), diff(cells, ens)
         best = max((("paper's rule", 0.0), ("no noise", dn["mean"]), (ens, de["mean"])), key=lambda t: t[1])[0]
-        rows.append(f"| {label} | {_pm(dn)} | {_pm(de)} | {best} |")
+        rows.append(f"| {label} | {pm(dn)} | {pm(de)} | {best} |")
     return "\n".join(rows)
 
 
@@ -230,7 +215,7 @@ def table_val_test_gap(r: dict) -> str:
             gaps.append(test - val)
             rows.append(f"| {label} | {c['seed']} | {val:.2f} | {test:.2f} | {test - val:+.2f} |")
     s = seed_stats([[g] for g in gaps])
-    out = "\n".join(rows) + f"\n\nMean test − validation over these {len(gaps)} runs: {_pm(s)} points."
+    out = "\n".join(rows) + f"\n\nMean test − validation over these {len(gaps)} runs: {pm(s)} points."
     if left_out:
         out += (f" Left out, having stopped inside their first epoch (untrained blocks, chance on both "
                 f"splits): {', '.join(left_out)}.")
@@ -255,7 +240,7 @@ def table_time_curves(r: dict, points=None) -> str:
                         best = h["val_acc"]
                 vals.append(best)
             got = [[v] for v in vals if v is not None]
-            cols.append(_pm(seed_stats(got), 1) if len(got) == len(vals) else "–")
+            cols.append(pm(seed_stats(got), 1) if len(got) == len(vals) else "–")
         rows.append(f"| {label} | " + " | ".join(cols) + " |")
     return "\n".join(rows)
 
@@ -275,13 +260,13 @@ def table_recipe(r: dict) -> str:
     for label, cells in groups.items():
         seed0 = next((c for c in cells if c["seed"] == 0), None)
         val0 = f"{seed0['history'][-1]['val_acc']:.2f}" if seed0 else "–"
-        rows.append(f"| {label} | {val0} | {len(cells)} | {_pm(_rule(cells, 'stochastic'))} | "
-                    f"{_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} | "
-                    f"{_pm(_rule(cells, 'stochastic', 'train'))} |")
+        rows.append(f"| {label} | {val0} | {len(cells)} | {pm(_rule(cells, 'stochastic'))} | "
+                    f"{pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} | "
+                    f"{pm(_rule(cells, 'stochastic', 'train'))} |")
     chosen = _chosen_recipe(groups)
     paper = PAPER_TABLE1[("dt", "one-hot", "mnist")]["test"]
     return "\n".join(rows) + (f"\n\nChosen on seed 0's validation accuracy: **{chosen}**; the paper reports "
-                              f"{paper[0]:.2f} ± {paper[1]:.2f} after 100 epochs.")
+                              f"{pm(paper)} after 100 epochs.")
 
 
 def table_recipe_vs_paper(r: dict) -> str:
@@ -296,8 +281,8 @@ def table_recipe_vs_paper(r: dict) -> str:
         f"| NoProp-DT, MNIST | epochs | seeds | test, paper's rule | test, no noise | test, {ens} |",
         "|---|---|---|---|---|---|",
         f"| ours ({chosen}, chosen on validation) | {r['common'].get('epochs')} | {len(cells)} | "
-        f"**{_pm(_rule(cells, 'stochastic'))}** | {_pm(_rule(cells, 'no-noise'))} | {_pm(_rule(cells, ens))} |",
-        f"| the paper (Table 1) | 100 | – | **{paper[0]:.2f} ± {paper[1]:.2f}** | – | – |"])
+        f"**{pm(_rule(cells, 'stochastic'))}** | {pm(_rule(cells, 'no-noise'))} | {pm(_rule(cells, ens))} |",
+        f"| the paper (Table 1) | 100 | – | **{pm(paper)}** | – | – |"])
 
 
 def _chain_means(cells: list[dict]) -> dict[str, list[float]]:
@@ -337,8 +322,7 @@ def summary_chain(r: dict, label: str = "NoProp-DT (one-hot)") -> str:
 
 
 def table_bench(r: dict) -> str:
-    from .bench import markdown
-    return markdown(r)
+    return markdown(r, machine_header=False)  # the source line below names the machine
 
 
 def _timing_what(row: dict) -> str:
@@ -356,7 +340,7 @@ def table_timing(results: dict[str, dict]) -> str | None:
         return None
     rows = ["| CPU class | what | command | wall time | printed |", "|---|---|---|---|---|"]
     for _, r in sorted(files.items()):
-        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        cls = class_name(r["machine"]["cpu_class"])
         caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
         for row in r["rows"]:
             m, s = divmod(round(row["seconds"]), 60)
@@ -448,19 +432,6 @@ def table_collectives(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-# bench/step_breakdown.py's settings: (result key, label, processes, global batch = images a step,
-# whether the processes exchange: False runs them at once but each alone, a one-process job each).
-# "global" keeps the paper's 128 split over the shards; "per-rank" gives each process 128.
-STEP_SETTINGS = {
-    "global": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
-               ("one_process_batch64", "1 process, batch 64", 1, 64, True),
-               ("two_processes_batch64_each", "2 processes, 64 each", 2, 128, True)),
-    "per-rank": (("one_process_batch128", "1 process, batch 128", 1, 128, True),
-                 ("two_alone_batch128_each", "2 processes at once, no exchange, 128 each", 2, 256, False),
-                 ("two_processes_batch128_each", "2 processes, 128 each", 2, 256, True)),
-}
-
-
 def table_step_breakdown(r: dict) -> str:
     """bench/step_breakdown.py: a training step part by part, in one process and in each of two
     (rank 0 / rank 1, or the two lone processes); images/s relative to one process at batch 128."""
@@ -511,7 +482,7 @@ def table_make_run(results: dict[str, dict], prefix: str = "make-run-") -> str |
             "wall time (s) | training (s) | evaluation (s) | steps per block, fewest–most |",
             "|---|---|---|---|---|---|---|---|---|"]
     for _, r in sorted(files.items(), key=lambda kv: (kv[1]["machine"]["cpu_class"], kv[1]["hog"])):
-        cls = CLASS_NAMES.get(r["machine"]["cpu_class"], r["machine"]["cpu_class"])
+        cls = class_name(r["machine"]["cpu_class"])
         caps = " (held to AVX2 code)" if r["machine"].get("isa_caps") else ""
         runs = r["runs"]
         chosen = sorted({x["rule_chosen_on_val"] for x in runs})

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text
-from .config import Config
-from .data import DataError, load_data, subset
-from .diagnose import chain_analysis
-from .models import load
-from .presets import get_preset
-from .trainer import LAST, RESULT, run
+from ..checkpoint import atomic_write_text
+from ..config import Config
+from ..data import DataError, load_data, subset
+from ..diagnose import chain_analysis
+from ..models import load
+from ..presets import get_preset
+from ..trainer import LAST, RESULT, run
 
 
 def cell_name(dataset: str, method: str, embedding: str, seed: int) -> str:
@@ -36,7 +36,7 @@ def dt_trajectory(model, split, n: int = 500, seed: int = 0) -> dict:
     principal axes of the final latents z_T together with the class embeddings."""
     model.eval()
     x, y = split.x[:n].contiguous(memory_format=torch.channels_last), split.y[:n]
-    z0 = model.embed.noise(len(x), torch.Generator().manual_seed(seed))  # the chain's first draw
+    z0 = model.embed.sample_z0(len(x), torch.Generator().manual_seed(seed))  # the chain's first draw
     zs = [z0] + [s.z for s in model.chain(x, generator=torch.Generator().manual_seed(seed))]
     W = model.embed.weight.float()
     basis = torch.cat([zs[-1], W])

@@ -21,15 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import noise
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import SOLVERS, integrate
+from .. import noise as training_noise
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, register_method
+from ..ode import SOLVERS, integrate
+from .time_conditioned import TimeConditioned
 
 
 @register_method
-class NoPropFM(Method):
+class NoPropFM(TimeConditioned):
     name = "fm"
     display_name = "NoProp-FM"
     listing_order = 3
@@ -38,16 +38,10 @@ class NoPropFM(Method):
 
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, solver: str = "euler",
                  sigma: float = 0.0, dropout: float = 0.2):
-        super().__init__()
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown FM solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        super().__init__(image_shape, embedding, steps, solver, dropout)
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.steps, self.solver, self.sigma = steps, solver, sigma
-        self.num_classes = embedding.num_classes
-        self.embed = embedding
-        self.net = TimeNet(image_shape, embedding.dim, self.num_classes,
-                           prototype=embedding.kind == "prototype", dropout=dropout)
+        self.sigma = sigma
         # the anchor CE's head (Eq. 12-13) exists only with a learned W_Embed: with a fixed one
         # the paper has no CE term, and a head nothing trains would only be dead weight
         self.head = nn.Linear(embedding.dim, self.num_classes) if embedding.trainable else None
@@ -56,16 +50,20 @@ class NoPropFM(Method):
     def from_config(cls, cfg, image_shape, num_classes, embedding):
         return cls(image_shape, embedding, steps=cfg.steps, solver=cfg.solver, sigma=cfg.fm_sigma)
 
+    def is_legacy_key(self, key: str) -> bool:
+        """Checkpoints before version 0.2 held the head with a fixed embedding too, untrained."""
+        return key.startswith("head.") and self.head is None
+
     def velocity(self, z, x, t, features=None) -> torch.Tensor:
         return self.embed.span(self.net(z, x, t, features))
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
         u = self.embed(y)
-        z0 = noise.randn_like(u)
-        t = noise.rand(len(y), x.device)
+        z0 = training_noise.randn_like(u)
+        t = training_noise.rand(len(y), x.device)
         z_t = t[:, None] * u + (1 - t[:, None]) * z0
         if self.sigma > 0:
-            z_t = z_t + self.sigma * noise.randn_like(u)
+            z_t = z_t + self.sigma * training_noise.randn_like(u)
         v = self.velocity(z_t, x, t)
         fm = (v - (u - z0)).pow(2).sum(-1).mean()
         out = {"loss": fm, "fm": fm}
@@ -75,16 +73,12 @@ class NoPropFM(Method):
             out.update(loss=fm + ce, ce=ce)
         return out
 
-    def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
-        return self.net.image_features(x)
-
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,
               solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
         """z at each step of the flow from z_0 ~ N(0, I). The flow is deterministic given z_0:
         `noise` has nothing further to drop."""
-        z0 = self.embed.noise(len(x), generator, x.device)
+        z0 = self.embed.sample_z0(len(x), generator, x.device)
         feats = self.image_features(x) if features is None else features  # once per image, every step
         flow = integrate(lambda t, z: self.velocity(z, x, t, feats), z0, steps or self.steps,
                          solver or self.solver, trajectory=True)

@@ -31,11 +31,16 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import device, models
-from .checkpoint import atomic_write_text
-from .config import Config
-from .machine import cpu_class, describe, provenance
-from .trainer import make_optimizer
+from .. import device, models
+from ..checkpoint import atomic_write_text
+from ..config import Config
+from ..data import load_data
+from ..evaluation import format_mean_se
+from ..machine import class_name, cpu_class, describe, machine_line, provenance
+from ..methods import get_method
+from ..parallel import choose_groups
+from ..trainer import Trainer, final_evaluation, make_optimizer
+from .settings import WORKERS_BATCH
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
@@ -123,7 +128,7 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
         loss.backward()
         for o in [opts[t]] + shared_opt:
             o.step()
-    blocks_per_step = cfg.T if method == "backprop" else 1  # the baseline updates all T blocks a step
+    blocks_per_step = model.network_blocks(cfg) // model.num_blocks  # backprop: all T; NoProp-DT: one of T
     return step, blocks_per_step, model
 
 
@@ -167,7 +172,7 @@ def memory_child(method: str, dataset: str, precision: str, steps: int, device_n
 def memory(method: str, dataset: str = "mnist", precision: str = "fp32", steps: int = 11,
            device_name: str = "cpu") -> dict:
     """11 steps: NoProp-DT visits every block once (all optimizer states exist), plus one."""
-    code = ("import json,sys; from noprop.bench import memory_child; "
+    code = ("import json,sys; from noprop.tools.bench import memory_child; "
             f"print(json.dumps(memory_child({method!r}, {dataset!r}, {precision!r}, {steps}, {device_name!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
@@ -188,15 +193,10 @@ def _train_run(options: list[str], what: str, timeout: float, env: dict | None =
         return hist, json.loads((run / "result.json").read_text()), json.loads((run / "config.json").read_text())
 
 
-WORKERS_BATCH = ("global", "per-rank")
-
-
 def data_shards(method: str, world: int) -> int:
     """How many data shards a `world`-process run of the method has: the ranks over its block groups
     (`noprop train --workers N` picks the groups; a one-network method has one, NoProp-DT up to T)."""
-    from .models import blocks_for
-    from .parallel import choose_groups
-    return world // choose_groups(blocks_for(Config(method=method).validate()), world)
+    return world // choose_groups(models.blocks_for(Config(method=method).validate()), world)
 
 
 def workers_batch_size(method: str, world: int, batch: str = "global") -> int:
@@ -220,7 +220,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
     DistributedDataParallel rebuilds its buckets after its first step, oneDNN picks its kernels),
     costs a long run pays once. images_per_s: training images of that epoch per second (comparable
     across methods: an image passes all T blocks of DT and of the backprop baseline once an epoch);
-    block_samples_per_s = T x that for DT and backprop. The training seconds include the
+    block_samples_per_s = that x the method's network_blocks (T for DT and backprop). The training seconds include the
     end-of-epoch gathering of blocks on rank 0 (block groups). `batch`: workers_batch_size."""
     batch_size = workers_batch_size(method, world, batch)
     hist, result, run_cfg = _train_run(
@@ -230,7 +230,7 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
         f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     secs = hist[-1]["train_seconds"]
     cfg = Config(method=method).validate()
-    blocks = cfg.T if method in ("dt", "backprop") else 1
+    blocks = get_method(method).network_blocks(cfg)
     batch_size = run_cfg["batch_size"]  # what the run trained with (`extra` may have set it)
     images = (n_train // batch_size) * batch_size
     groups = result.get("block_groups") or 1
@@ -283,8 +283,6 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     t0 = time.perf_counter() if t0 is None else t0
     if workers > 1:
         return _tta_workers(target, precision, order, eval_runs, epochs, lr_schedule, workers, lr, t0)
-    from .data import load_data
-    from .trainer import Trainer, final_evaluation
     cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
                  device=device_name, lr=lr).validate()
     data = load_data(cfg)
@@ -324,16 +322,9 @@ def _tta_row(target, train_wall, wall, epochs_run, val_curve, precision, order, 
             "test_acc_runs": st["runs"]}
 
 
-def _machine_line(m: dict) -> str:
-    caps = "".join(f", {k}={v}" for k, v in (m.get("isa_caps") or {}).items())
-    return (f"Machine: {m['cpu']} (CPU class **{m['cpu_class']}**: {', '.join(m['cpu_flags'])}{caps}), "
-            f"{m['cores']} cores, {m['threads']} threads, torch {m['torch']}"
-            + (f"; GPU: {m['gpu']} ({m['device']})" if m.get("gpu") else ""))
-
-
-def markdown(results: dict) -> str:
+def markdown(results: dict, machine_header: bool = True) -> str:
     m = results["machine"]
-    lines = [_machine_line(m), ""]
+    lines = [f"Machine: {machine_line(results)}", ""] if machine_header else []
     for note in results.get("notes", []):
         lines += [f"Note: {note}", ""]
     pk = results.get("peak") or {}
@@ -346,7 +337,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("throughput"):
         lines += [f"| method | data | precision | block-samples/s | train FLOPs per block-sample | GFLOP/s | "
-                  f"share of measured peak ({m['cpu_class']}) |", "|---|---|---|---|---|---|---|"]
+                  f"share of measured peak ({class_name(m['cpu_class'])}) |", "|---|---|---|---|---|---|---|"]
         for r in results["throughput"]:
             p = pk.get(r["precision"], {}).get("measured_gflops")
             share = f"{100 * r['gflops'] / p:.0f}%" if p else "–"
@@ -373,8 +364,8 @@ def markdown(results: dict) -> str:
             nn = r["test"].get("no-noise") if r.get("test") else None
             lines.append(f"| {r['precision']} | {r.get('workers', 1)} | {sched} | {r['epochs']} | "
                          f"{r['wall_seconds'] / 60:.1f} min | {r['wall_seconds_with_test'] / 60:.1f} min | "
-                         f"{r['val_acc']:.2f} | {r['test_acc_mean']:.2f} ± {r['test_acc_se']:.2f} | "
-                         + (f"{nn['mean']:.2f} ± {nn['se']:.2f} |" if nn else "– |")
+                         f"{r['val_acc']:.2f} | {format_mean_se((r['test_acc_mean'], r['test_acc_se']))} | "
+                         + (f"{format_mean_se(nn)} |" if nn else "– |")
                          # rows from before the rule was chosen on validation judged the paper's rule
                          + f" {r.get('rule_chosen_on_val', 'none (judged by the paper rule)')} | "
                          + f"{'yes' if r['reached'] else 'no'} ({r['target_test_acc']:g}%) |")

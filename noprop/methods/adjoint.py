@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import TimeNet
-from .ode import integrate
+from ..embedding import ClassEmbedding
+from ..method import ChainStep, register_method
+from ..nets import TimeNet
+from ..ode import integrate
+from .time_conditioned import TimeConditioned
 
 
 class _Field(nn.Module):
@@ -47,7 +48,7 @@ class _Field(nn.Module):
 
 
 @register_method
-class Adjoint(Method):
+class Adjoint(TimeConditioned):
     name = "adjoint"
     display_name = "Adjoint"
     listing_order = 5
@@ -55,12 +56,7 @@ class Adjoint(Method):
     defaults = {"optimizer": "adamw"}
 
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, dropout: float = 0.2):
-        super().__init__()
-        self.steps = steps
-        self.num_classes = embedding.num_classes
-        self.embed = embedding
-        self.net = TimeNet(image_shape, embedding.dim, self.num_classes,
-                           prototype=embedding.kind == "prototype", dropout=dropout)
+        super().__init__(image_shape, embedding, steps, dropout=dropout)
         self.head = nn.Linear(embedding.dim, self.num_classes)
 
     @classmethod
@@ -72,7 +68,7 @@ class Adjoint(Method):
             from torchdiffeq import odeint_adjoint
         except ImportError as e:  # an optional dependency: say how to get it
             raise ImportError("the adjoint baseline needs torchdiffeq: pip install 'noprop[adjoint]'") from e
-        z0 = self.embed.noise(len(x), device=x.device)
+        z0 = self.embed.sample_z0(len(x), device=x.device)
         field = _Field(self.net, self.embed, self.net.image_features(x))
         ts = torch.tensor([0.0, 1.0], device=x.device)
         z1 = odeint_adjoint(field, z0, ts, method="euler", options={"step_size": 1.0 / self.steps},
@@ -80,16 +76,12 @@ class Adjoint(Method):
         ce = F.cross_entropy(self.head(z1), y)
         return {"loss": ce, "ce": ce}
 
-    def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The net's image path on x (it depends on neither z nor t): shared by every run and step."""
-        return self.net.image_features(x)
-
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,
               solver: str | None = None, features: torch.Tensor | None = None) -> Iterator[ChainStep]:
-        z0 = self.embed.noise(len(x), generator, x.device)
+        z0 = self.embed.sample_z0(len(x), generator, x.device)
         field = _Field(self.net, self.embed, self.image_features(x) if features is None else features)
-        for k, z in enumerate(integrate(field, z0, steps or self.steps, "euler", trajectory=True), 1):
+        for k, z in enumerate(integrate(field, z0, steps or self.steps, self.solver, trajectory=True), 1):
             yield ChainStep(k, z)
 
     def classify(self, z_1: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
-from .nets import DTBlock
+from ..embedding import ClassEmbedding
+from ..errors import ConfigError
+from ..method import ChainStep, Method, register_method
+from ..nets import DTBlock
 
 
 @register_method
@@ -62,8 +63,12 @@ class Backprop(Method):
         return cls(image_shape, embedding, T=cfg.T, head_init=cfg.head_init, logit_scale=cfg.logit_scale)
 
     @classmethod
+    def network_blocks(cls, cfg) -> int:
+        """Its T chained blocks, all updated by every step (it trains as one block)."""
+        return cfg.T
+
+    @classmethod
     def check_config(cls, cfg) -> None:
-        from .config import ConfigError
         if cfg.head_init not in ("decoder", "random"):
             raise ConfigError(f"--head-init: {cfg.head_init!r} does not apply to backprop; choose decoder or random")
         if cfg.logit_scale <= 0:
@@ -75,7 +80,7 @@ class Backprop(Method):
 
     def chain(self, x, noise: bool = True, generator=None, steps=None, solver=None,
               features=None) -> Iterator[ChainStep]:
-        z = self.embed.noise(len(x), generator, x.device)
+        z = self.embed.sample_z0(len(x), generator, x.device)
         alpha = torch.tanh(self.w)
         for t, block in enumerate(self.blocks, 1):
             logits = block(z, x, None if features is None else features[t - 1])
