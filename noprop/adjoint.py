@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
+from .method import ChainStep, Loss, Method, register_method
 from .nets import TimeNet
 from .ode import integrate
 
@@ -67,7 +67,7 @@ class Adjoint(Method):
     def from_config(cls, cfg, image_shape, num_classes, embedding):
         return cls(image_shape, embedding, steps=cfg.steps)
 
-    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x, y, blocks=None) -> Loss:
         try:
             from torchdiffeq import odeint_adjoint
         except ImportError as e:  # an optional dependency: say how to get it
@@ -78,7 +78,7 @@ class Adjoint(Method):
         z1 = odeint_adjoint(field, z0, ts, method="euler", options={"step_size": 1.0 / self.steps},
                             adjoint_params=field.ode_parameters())[-1]
         ce = F.cross_entropy(self.head(z1), y)
-        return {"loss": ce, "ce": ce}
+        return Loss(ce, {"ce": ce})
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The net's image path on x (it depends on neither z nor t): shared by every run and step."""

@@ -35,6 +35,7 @@ from . import device, models
 from .checkpoint import atomic_write_text
 from .config import Config
 from .machine import cpu_class, describe, provenance
+from .method import Loss
 from .trainer import make_optimizer
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
@@ -117,7 +118,7 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
     def step():  # one block's update, the unit of block-wise training, cycling through the blocks
         t = next(counter) % model.num_blocks + 1
         with torch.autocast(**autocast):
-            loss = model.loss(x, y, [t] if model.num_blocks > 1 else None)["loss"]
+            loss = Loss.of(model.loss(x, y, [t] if model.num_blocks > 1 else None)).total
         for o in [opts[t]] + shared_opt:
             o.zero_grad(set_to_none=True)
         loss.backward()

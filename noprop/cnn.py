@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embedding import ClassEmbedding
-from .method import Method, register_method
+from .method import Loss, Method, register_method
 from .nets import ConvPath
 
 
@@ -58,6 +58,6 @@ class CNN(Method):
     def classify(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x, y, blocks=None) -> Loss:
         ce = F.cross_entropy(self.final_latent(x), y)
-        return {"loss": ce, "ce": ce}
+        return Loss(ce, {"ce": ce})

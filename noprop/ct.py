@@ -27,7 +27,7 @@ from torch import nn
 
 from . import noise
 from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
+from .method import ChainStep, Loss, Method, register_method
 from .nets import TimeNet
 from .ode import integrate
 from .schedule import LearnedSchedule, kl_to_standard_normal, q_sample
@@ -67,7 +67,7 @@ class NoPropCT(Method):
     def classify(self, z_1: torch.Tensor) -> torch.Tensor:
         return self.head(z_1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> Loss:
         """The per-minibatch loss of Alg. 2."""
         u = self.embed(y)
         one = torch.ones(1, device=x.device)
@@ -80,7 +80,7 @@ class NoPropCT(Method):
         _, u_hat = self.u_hat(z_t, x, t)
         sq = (u_hat - u).pow(2).sum(-1)
         l2 = (self.schedule.snr_derivative(t) * sq).mean()
-        return {"loss": ce + kl + self.eta / 2 * l2, "ce": ce, "kl": kl, "l2": sq.mean()}
+        return Loss(ce + kl + self.eta / 2 * l2, {"ce": ce, "kl": kl, "l2": sq.mean()})
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The net's image path on x (it depends on neither z nor t): shared by every run and step."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import noise
 from .embedding import ClassEmbedding
-from .method import ChainStep, Method, register_method
+from .method import ChainStep, Loss, Method, register_method
 from .nets import TimeNet
 from .ode import SOLVERS, integrate
 
@@ -59,7 +59,7 @@ class NoPropFM(Method):
     def velocity(self, z, x, t, features=None) -> torch.Tensor:
         return self.embed.span(self.net(z, x, t, features))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> Loss:
         u = self.embed(y)
         z0 = noise.randn_like(u)
         t = noise.rand(len(y), x.device)
@@ -68,12 +68,11 @@ class NoPropFM(Method):
             z_t = z_t + self.sigma * noise.randn_like(u)
         v = self.velocity(z_t, x, t)
         fm = (v - (u - z0)).pow(2).sum(-1).mean()
-        out = {"loss": fm, "fm": fm}
-        if self.head is not None:
-            z1_tilde = z_t + (1 - t[:, None]) * v
-            ce = F.cross_entropy(self.head(z1_tilde), y)
-            out.update(loss=fm + ce, ce=ce)
-        return out
+        if self.head is None:
+            return Loss(fm, {"fm": fm})
+        z1_tilde = z_t + (1 - t[:, None]) * v
+        ce = F.cross_entropy(self.head(z1_tilde), y)
+        return Loss(fm + ce, {"fm": fm, "ce": ce})
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The net's image path on x (it depends on neither z nor t): shared by every run and step."""

@@ -41,6 +41,7 @@ from .config import Config
 from .data import Dataset, augment, batches, load_data, subset
 from .evaluation import accuracy_runs, mean_se, rules_accuracy
 from .machine import describe, provenance
+from .method import Loss
 from .parallel import SINGLE, Collectives, Dist, DistributedError, agree, check_layout, gather, owned_blocks
 from .runfolder import BEST, CONFIG, LAST, METRICS, RESULT, STATE, RunDirError, RunFolder
 
@@ -188,39 +189,39 @@ class Trainer:
             return self.cfg.lr * (1 + math.cos(math.pi * min(progress / max(self.cfg.epochs, 1), 1.0))) / 2
         return self.cfg.lr
 
-    def step(self, blocks: list[int], x, y, where: str, progress: float) -> dict | None:
+    def step(self, blocks: list[int], x, y, where: str, progress: float) -> Loss | None:
         """One optimizer step of the given blocks (1-based; [] when this rank idles at this step of
         a parallel run but still takes part in averaging the shared gradients). Returns the loss
-        parts."""
+        (None when idle)."""
         opts = [self.block_opts[t] for t in blocks] + ([self.shared_opt] if self.shared_opt else [])
         for o in opts:
             for group in o.param_groups:
                 group["lr"] = self.lr_at(progress)
             o.zero_grad(set_to_none=True)
-        parts, bad = None, False
+        loss, bad = None, False
         if blocks:
             with torch.autocast(**self.autocast):
-                parts = self.forward(x, y, blocks if self.model.num_blocks > 1 else None)
-            bad = not bool(torch.isfinite(parts["loss"]))
+                loss = Loss.of(self.forward(x, y, blocks if self.model.num_blocks > 1 else None))
+            bad = not bool(torch.isfinite(loss.total))
 
         def message() -> str:
-            return (f"non-finite loss ({parts['loss'].item() if parts else ''}) at {where}; the last good "
+            return (f"non-finite loss ({loss.total.item() if loss else ''}) at {where}; the last good "
                     f"checkpoint{' in ' + str(self.out) if self.out else ''} is kept. Try a lower --lr.")
         if self.sync is None:
             if bad:
                 raise DivergenceError(message())
-            parts["loss"].backward()
+            loss.total.backward()
         else:
             # Averaging the shared gradients (and the status word) overlaps the rest of the backward
             # pass where the method says which part of the loss alone reaches them.
-            split = parts is not None and "block_part" in parts and self.shared_opt is not None
+            split = loss is not None and loss.block_part is not None and self.shared_opt is not None
             if split:
-                parts["shared_part"].backward()
-            elif parts is not None:
-                parts["loss"].backward()
-            shared = self.sync.start_shared(contributed=parts is not None, bad=bad)
+                loss.shared_part.backward()
+            elif loss is not None:
+                loss.total.backward()
+            shared = self.sync.start_shared(contributed=loss is not None, bad=bad)
             if split:
-                parts["block_part"].backward()
+                loss.block_part.backward()
             pending = [self.sync.average_block(t) for t in blocks] if self.model.num_blocks > 1 else []
             for h in pending:
                 self.sync.finish_block(h)
@@ -229,7 +230,7 @@ class Trainer:
                                       "names the block and step); the last good checkpoint is kept")
         for o in opts:
             o.step()
-        return parts
+        return loss
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of a global training batch as the network takes it: augmented if asked
@@ -314,11 +315,11 @@ class Trainer:
                     where = f"epoch {e}, " + (f"block {blocks[0]}, " if blocks and len(blocks) == 1
                                               and self.model.num_blocks > 1 else "") + f"step {step}"
                     if blocks is None:  # idle: only the shared gradients' averaging
-                        parts = self.step([], None, None, where, self.epoch + step / n_batches)
+                        loss = self.step([], None, None, where, self.epoch + step / n_batches)
                     else:
-                        parts = self.step(blocks, *self._batch(x, y), where, self.epoch + step / n_batches)
-                    if parts is not None:
-                        self._record(sums, blocks, parts)
+                        loss = self.step(blocks, *self._batch(x, y), where, self.epoch + step / n_batches)
+                    if loss is not None:
+                        self._record(sums, blocks, loss)
                     for t in blocks or []:
                         self.epoch_steps[t - 1] += 1
                     if bar is not None:
@@ -339,11 +340,9 @@ class Trainer:
         self.passes_done = 0
         return self._means(sums), True
 
-    def _record(self, sums: dict, blocks: list[int], parts: dict) -> None:
+    def _record(self, sums: dict, blocks: list[int], loss: Loss) -> None:
         per_block = type(self.model).per_block_metrics
-        for k, v in parts.items():
-            if k in ("shared_part", "block_part"):
-                continue
+        for k, v in loss.logged().items():
             v = v.detach().float().reshape(-1).cpu()
             if k in per_block:
                 for t, value in zip(blocks, v.tolist()):

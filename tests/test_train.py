@@ -14,6 +14,7 @@ from noprop import checkpoint, device
 from noprop.checkpoint import CheckpointError
 from noprop.config import Config, ConfigError
 from noprop.data import load_mnist, subset
+from noprop.method import Loss
 from noprop.models import load
 from noprop.trainer import BEST, LAST, METRICS, DivergenceError, RunDirError, Trainer
 
@@ -156,6 +157,19 @@ def test_nan_loss_stops_with_block_and_step_and_keeps_checkpoint(tmp_path, mnist
     with pytest.raises(DivergenceError, match="block 2, step 0"):
         tr.fit(resume=True, log=None)
     assert (tmp_path / "r" / LAST).read_bytes() == before
+
+
+def test_a_loss_given_as_the_older_dict_reads_as_the_same_loss():
+    """A method of one's own written before Loss returns {"loss": total, parts..., optionally
+    "shared_part" and "block_part"}: the trainer reads it through Loss.of, parts in their order."""
+    ce, kl, l2 = torch.tensor(1.0), torch.tensor(2.0), torch.tensor([3.0, 4.0])
+    loss = Loss.of({"loss": ce + kl + l2.sum(), "ce": ce, "kl": kl, "l2": l2,
+                    "shared_part": ce + kl, "block_part": l2.sum()})
+    assert list(loss.logged()) == ["loss", "ce", "kl", "l2"] and float(loss.total) == 10.0
+    assert (float(loss.shared_part), float(loss.block_part)) == (3.0, 7.0)
+    assert Loss.of(loss) is loss
+    with pytest.raises(ValueError, match="both shared_part and block_part"):
+        Loss(ce, {"ce": ce}, shared_part=ce)
 
 
 def test_unwritable_output_folder_is_named(tmp_path, mnist):
