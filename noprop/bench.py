@@ -36,7 +36,7 @@ from .checkpoint import atomic_write_text
 from .config import Config
 from .machine import cpu_class, describe, provenance
 from .method import Loss
-from .trainer import make_optimizer
+from .optim import make_optimizer
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
@@ -285,7 +285,8 @@ def time_to_accuracy(target: float = 99.0, budget_minutes: float = 10.0, precisi
     if workers > 1:
         return _tta_workers(target, precision, order, eval_runs, epochs, lr_schedule, workers, lr, t0)
     from .data import load_data
-    from .trainer import Trainer, final_evaluation
+    from .evaluation import final_evaluation
+    from .trainer import Trainer
     cfg = Config(precision=precision, order=order, epochs=epochs or 10 ** 6, lr_schedule=lr_schedule,
                  device=device_name, lr=lr).validate()
     data = load_data(cfg)

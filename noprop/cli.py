@@ -18,7 +18,8 @@ from .data import DATASETS, DataError
 from .embedding import KINDS
 from .method import load_plugin, method_names
 from .presets import PresetError, get_preset, list_presets
-from .trainer import STATE, DivergenceError, RunDirError
+from .runfolder import LAST, STATE, RunDirError
+from .trainer import DivergenceError
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it
 USER_ERRORS = (parallel.DistributedError, PresetError, ConfigError, DataError, CheckpointError, RunDirError,
@@ -229,7 +230,7 @@ def _fmt(mean: float, se: float) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from . import models, trainer
+    from . import models, runner
     cfg = _config_from_args(a)
     for option, value in (("--eval-runs", a.eval_runs), ("--workers", a.workers)):
         if value < 1:
@@ -241,7 +242,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
     out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if a.resume and not ((out / STATE).exists() or (out / trainer.LAST).exists()):
+    if a.resume and not ((out / STATE).exists() or (out / LAST).exists()):
         raise RunDirError(f"--resume: {out} holds no run to continue; check the folder, or leave out --resume "
                           "to start a new run there")
     options = {"eval_runs": a.eval_runs, "resume": a.resume, "quiet": a.quiet, "data_dir": a.data_dir,
@@ -250,9 +251,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.workers > 1 and not under_torchrun:  # this process launches the workers and waits for them
         groups = parallel.choose_groups(models.blocks_for(cfg), a.workers, cfg.block_groups)
         parallel.check_layout(cfg, models.blocks_for(cfg), parallel.Dist(0, a.workers, groups))
-        return parallel.launch(trainer.worker, (cfg.to_dict(), str(out), options), a.workers, a.threads,
+        return parallel.launch(runner.worker, (cfg.to_dict(), str(out), options), a.workers, a.threads,
                                a.max_restarts)
-    trainer.worker(cfg.to_dict(), str(out), options)
+    runner.worker(cfg.to_dict(), str(out), options)
     return 0
 
 
