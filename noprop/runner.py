@@ -21,8 +21,9 @@ from .runfolder import STATE
 from .trainer import Trainer
 
 
-def untrained(steps_per_block: list[int] | None) -> list[int]:
-    return [t for t, n in enumerate(steps_per_block or [], 1) if n == 0]
+def untrained(steps: list[int] | None) -> list[int]:
+    """The blocks (1-based) that no optimizer step reached, from each block's step count."""
+    return [t for t, n in enumerate(steps or [], 1) if n == 0]
 
 
 def run(cfg: Config, data: Dataset, out=None, eval_runs: int = 5, resume: bool = False, quiet: bool = False,
