@@ -60,8 +60,9 @@ def _rank(rank: int, world: int, port: int, method: str, precision: str, batch: 
     torch.set_num_threads(1)
     from noprop import hostsum, parallel
     from noprop.config import Config
+    from noprop.data import load_data
     from noprop.models import blocks_for
-    from noprop.trainer import Trainer, load_data
+    from noprop.trainer import Trainer
     cfg = Config(method=method, precision=precision, batch_size=batch, train_subset=images, val_subset=64,
                  test_subset=100, epochs=2, steps=10).validate()
     d = parallel.init_from_env(cfg.device, blocks_for(cfg), None) if world > 1 else parallel.SINGLE

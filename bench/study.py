@@ -28,7 +28,8 @@ from noprop.data import load_data
 from noprop.diagnose import chain_analysis
 from noprop.machine import describe, provenance
 from noprop.models import load
-from noprop.trainer import LAST, RESULT, STATE, run
+from noprop.runfolder import LAST, RESULT, STATE
+from noprop.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

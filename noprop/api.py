@@ -21,7 +21,7 @@ from .config import Config
 from .data import Dataset, Split, load_data
 from .evaluation import mean_se, predict_proba, rules_accuracy
 from .method import Method
-from .trainer import run
+from .runner import run
 
 
 @dataclass

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint, device, diagnose, models, parallel, trainer
+from . import checkpoint, device, diagnose, models, parallel, runner
 from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config
 from .data import DATASETS, load_data
 from .embedding import KINDS
@@ -19,8 +19,8 @@ from .evaluation import format_mean_se, rules_accuracy
 from .method import load_plugin
 from .methods import get_method, method_names
 from .presets import get_preset, list_presets
+from .runfolder import LAST, STATE
 from .tools.settings import WORKERS_BATCH
-from .trainer import STATE
 
 START = time.perf_counter()  # process start (near enough), for wall times measured from it
 
@@ -236,7 +236,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume and not a.out:
         raise ConfigError("--resume: needs --out, the run folder to continue")
     out = Path(a.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.embedding}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if a.resume and not ((out / STATE).exists() or (out / trainer.LAST).exists()):
+    if a.resume and not ((out / STATE).exists() or (out / LAST).exists()):
         raise RunDirError(f"--resume: {out} holds no run to continue; check the folder, or leave out --resume "
                           "to start a new run there")
     options = {"eval_runs": a.eval_runs, "resume": a.resume, "quiet": a.quiet, "data_dir": a.data_dir,
@@ -245,9 +245,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.workers > 1 and not under_torchrun:  # this process launches the workers and waits for them
         groups = parallel.choose_groups(models.blocks_for(cfg), a.workers, cfg.block_groups)
         parallel.check_layout(cfg, models.blocks_for(cfg), parallel.Dist(0, a.workers, groups))
-        return parallel.launch(trainer.worker, (cfg.to_dict(), str(out), options), a.workers, a.threads,
+        return parallel.launch(runner.worker, (cfg.to_dict(), str(out), options), a.workers, a.threads,
                                a.max_restarts)
-    trainer.worker(cfg.to_dict(), str(out), options)
+    runner.worker(cfg.to_dict(), str(out), options)
     return 0
 
 

@@ -8,18 +8,22 @@ Three inference rules, all reported side by side by ``rules_accuracy``:
 - ``stochastic``: the paper's rule (Eq. 3 with its sqrt(c_t) eps; the ODE from a random z_0 for FM);
 - ``no-noise``: the same chain without the eps term (deterministic given z_0);
 - ``ensemble-K``: K stochastic chains per image, the class probabilities softmax(classify(z)) averaged.
+
+The final evaluation of a trained run (``final_evaluation``, which runner.run calls after training)
+scores every rule on the test split and chooses the rule to trust on the validation split.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from . import device
-from .data import Split
+from .data import Dataset, Split, subset
 from .method import Method
 
 
@@ -154,3 +158,53 @@ def rules_accuracy(model: Method, split: Split, runs: int = 5, ensemble: int = 1
         m, se = mean_se(accs)
         out[key] = {"runs": accs, "mean": m, "se": se}
     return out
+
+
+def final_evaluation(model, data: Dataset, runs: int = 5, ensemble: int = 0, train_images: int = 0,
+                     seed: int = 0, ensemble_runs: int = 1, val_rules: dict | None = None,
+                     progress: bool = False) -> dict:
+    """Test accuracy of a trained model under every inference rule: the paper's stochastic rule and
+    no-noise over `runs` inference runs each, and with ensemble = K > 0 the K-chain ensemble over
+    `ensemble_runs` runs (each of K chains). With train_images > 0 also the training accuracy (paper's
+    rule, one run) on that many training images (a fixed subset; Table 1's train column).
+
+    The same rules are also scored on the validation split (one run each; val_rules: those the last
+    epoch's validation scored already), and the best of them there is named "rule_chosen_on_val":
+    which rule to trust for this model is chosen without the test set."""
+    rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
+    bar = {"progress": "evaluating: test"} if progress else {}
+    # one pass over each split for all its rules: each batch's image features are computed once
+    out = {"test": rules_accuracy(model, data.test, runs, ensemble, seed, rules, ensemble_runs=ensemble_runs, **bar)}
+    if len(data.val):
+        val = dict(val_rules or {})
+        missing = tuple(r for r in rules if (f"ensemble-{ensemble}" if r == "ensemble" else r) not in val)
+        if missing:
+            bar = {"progress": "evaluating: validation"} if progress else {}
+            val.update(rules_accuracy(model, data.val, 1, ensemble, seed, missing, ensemble_runs=1, **bar))
+        out["val"] = {k: val[k] for k in out["test"]}  # in the test's order: ties go to the paper's rule
+        out["rule_chosen_on_val"] = max(out["val"], key=lambda r: out["val"][r]["mean"])
+    if train_images:  # one inference run: the spread that matters here is the seeds'
+        out["train"] = rules_accuracy(model, subset(data.train, train_images, 0), 1, 1, seed, ("stochastic",))
+        out["train_images"] = min(train_images, len(data.train))
+    return out
+
+
+def evaluation_estimate(model, data: Dataset, runs: int, ensemble: int, ensemble_runs: int) -> float:
+    """Seconds the final evaluation will take, from timing its plan on the first 100 test images."""
+    rules = ("stochastic", "no-noise", "ensemble") if ensemble else ("stochastic", "no-noise")
+    n = min(100, len(data.test))
+    if n == 0:
+        return 0.0
+    t = time.perf_counter()
+    rules_accuracy(model, subset(data.test, n, 0), runs, ensemble, 0, rules, ensemble_runs=ensemble_runs)
+    return (time.perf_counter() - t) * len(data.test) / n
+
+
+def evaluation_warning(guess: float, train_s: float, runs: int, ensemble: int, images: int) -> str | None:
+    """What to say before a final evaluation that will outlast the training (and a minute)."""
+    if guess <= max(60.0, train_s):
+        return None
+    plan = f"{runs} run(s) of each rule" + (f" and the {ensemble}-chain ensemble" if ensemble else "")
+    return (f"the final evaluation ({plan} on {images:,} test images) will take about {guess / 60:.1f} min, longer "
+            f"than the training ({train_s / 60:.1f} min); --eval-runs, --ensemble and the method's --steps "
+            "set its cost")

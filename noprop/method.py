@@ -11,7 +11,7 @@ interface alone, so adding a method is one module plus one ``@register_method``:
         display_name = "My method"
         @classmethod
         def from_config(cls, cfg, image_shape, num_classes, embedding): ...
-        def loss(self, x, y, blocks=None): ...          # {"loss": scalar, ...parts to log}
+        def loss(self, x, y, blocks=None): ...          # Loss(scalar, {name: part to log})
         def final_latent(self, x, noise=True, generator=None, steps=None, solver=None): ...
         def classify(self, z): ...                      # class scores from the final latent
 
@@ -33,7 +33,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -55,6 +55,43 @@ class ChainStep:
     t: int
     z: torch.Tensor
     logits: torch.Tensor | None = None
+
+
+@dataclass
+class Loss:
+    """What a method's loss returns: the scalar to minimise and the parts to log.
+
+    total        the scalar the trainer back-propagates; logged as "loss".
+    parts        named parts to log, in metrics.jsonl's order after "loss": scalars, or for a name
+                 in the method's per_block_metrics a vector with one entry per block trained.
+    shared_part  optional, with block_part: total = shared_part + block_part, where shared_part
+    block_part   alone gives the shared parameters their gradient and block_part only the blocks'.
+                 Parallel training then averages the shared gradients while block_part is still
+                 back-propagated (parallel.Collectives.backward); a single process uses total.
+
+    A method of your own may still return the older dict {"loss": scalar, name: part, ...,
+    optionally "shared_part" and "block_part"}: the trainer reads it through Loss.of."""
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    shared_part: torch.Tensor | None = None
+    block_part: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if (self.shared_part is None) != (self.block_part is None):
+            raise ValueError("Loss: give both shared_part and block_part (their sum is total) or neither")
+
+    @classmethod
+    def of(cls, value: Loss | dict[str, torch.Tensor]) -> Loss:
+        """A method's return value as a Loss (a dict: {"loss": total, ...} as above)."""
+        if isinstance(value, Loss):
+            return value
+        parts = dict(value)
+        total, shared, block = parts.pop("loss"), parts.pop("shared_part", None), parts.pop("block_part", None)
+        return cls(total, parts, shared, block)
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        """Everything to log: "loss" (the total) first, then the parts."""
+        return {"loss": self.total, **self.parts}
 
 
 class Method(nn.Module):
@@ -108,14 +145,11 @@ class Method(nn.Module):
         """Parameters every block's loss trains (averaged over all ranks in parallel training)."""
         return []
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
-        """{"loss": the scalar to minimise, other entries: parts to log}. Optional entries
-        "shared_part" and "block_part", with loss = shared_part + block_part, where shared_part alone
-        gives the shared parameters their gradient and block_part only the blocks': parallel
-        training then averages the shared gradients while block_part is back-propagated."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> Loss:
+        """The training loss of the given blocks and the parts to log (see Loss)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> Loss:
         return self.loss(x, y, blocks)
 
     # --- inference: images only ----------------------------------------------------------------

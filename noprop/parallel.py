@@ -390,6 +390,26 @@ class Collectives:
         return model
 
     # --- every step ------------------------------------------------------------------------------
+    def backward(self, loss, blocks: list[int], bad: bool) -> bool:
+        """The distributed half of a training step: back-propagate this rank's loss (a method.Loss;
+        None when this rank idles at this step), then average the gradients, the shared parameters'
+        over every rank together with the status word, each of `blocks`' over its group's shards.
+        Where the loss splits (Loss.shared_part, Loss.block_part), the shared gradients' sum
+        overlaps block_part's backward pass. Returns True if any rank's loss was non-finite (bad:
+        this rank's); then no rank may update."""
+        split = loss is not None and loss.block_part is not None and bool(self.shared)
+        if split:
+            loss.shared_part.backward()
+        elif loss is not None:
+            loss.total.backward()
+        shared = self.start_shared(contributed=loss is not None, bad=bad)
+        if split:
+            loss.block_part.backward()
+        pending = [self.average_block(t) for t in blocks] if self.model.num_blocks > 1 else []
+        for h in pending:
+            self.finish_block(h)
+        return self.finish_shared(shared)
+
     def start_shared(self, contributed: bool, bad: bool):
         """All-reduce (async) the shared parameters' gradients and two counters: ranks that
         diverged, ranks that contributed. Returns a handle for finish_shared."""

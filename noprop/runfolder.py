@@ -5,7 +5,7 @@
     last.safetensors         the final model's portable weights (models.save)
     best.safetensors         the best-validation model's
     train_state.safetensors  what a resume needs: model, optimizers, counters, history
-    result.json              the final evaluation (written by trainer.run)
+    result.json              the final evaluation (written by runner.run)
 
 A folder that already holds a run is never overwritten unless the run is resumed; a failed write
 (a full disk) stops the run by name and leaves the previous files intact.
@@ -14,6 +14,9 @@ train_state.safetensors is the commit point: each save writes it first and the f
 it (last, best, metrics) after. A kill between the writes leaves them one save behind the state (or
 absent after the first); a resume writes them again from the state (complete_save), so a resumed
 run's folder is the one an uninterrupted run writes, whichever moment the kill hit.
+
+What the train state holds of a trainer.Trainer, and how a run (every rank of a parallel one) claims
+its folder and resumes, are here too: train_state, resume_from and open_run.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import torch
 
 from . import checkpoint, models
 from .checkpoint import CheckpointError
-from .errors import RunDirError
+from .config import Config
+from .errors import DistributedError, RunDirError
+from .optim import match_layout
+from .parallel import agree, gather
 
 LAST, BEST, STATE, CONFIG, METRICS, RESULT = ("last.safetensors", "best.safetensors", "train_state.safetensors",
                                               "config.json", "metrics.jsonl", "result.json")
@@ -113,6 +119,66 @@ def _holds(path: Path, model) -> bool:
         return False
     own = model.state_dict()
     return weights.keys() == own.keys() and all(torch.equal(weights[k], own[k].cpu()) for k in own)
+
+
+# --- a trainer's train state (tr: a trainer.Trainer) -----------------------------------------------
+def open_run(tr, resume: bool) -> None:
+    """Rank 0 checks and claims tr's run folder and writes config.json; every rank loads the train
+    state when resuming, and all ranks agree that they did, from the same point."""
+    if tr.out is None:
+        if resume:
+            raise RunDirError("--resume needs the run folder (--out) to continue")
+        return
+    error = None
+    try:
+        state = tr.folder.claim(resume, tr.dist.main)
+        if state is not None:
+            resume_from(tr, state)
+            if tr.dist.main:
+                tr.folder.complete_save(tr.model, tr.epoch, tr.history)
+        if tr.dist.main:
+            tr.folder.write_config(tr.cfg)
+    except (RunDirError, CheckpointError) as e:
+        if not tr.dist.active:
+            raise
+        error = str(e)
+    agree(tr.dist, error)
+    epochs = gather(tr.dist, (tr.epoch, tr.passes_done))
+    if len(set(epochs)) > 1:
+        raise DistributedError(f"the ranks resumed from different points {epochs}: every rank must "
+                               f"see the same {tr.out / STATE} (a shared file system)")
+
+
+def train_state(tr) -> dict:
+    """What train_state.safetensors holds: the model, every optimizer, the counters that place a
+    resume inside an epoch or a pass, the RNG state of a stop inside a pass, the history."""
+    return {"config": tr.cfg.to_dict(), "epoch": tr.epoch, "passes_done": tr.passes_done,
+            "steps_done": tr.steps_done, "rng_state": tr.rng_state,
+            "best_val": tr.best_val, "history": tr.history, "model": tr.model.state_dict(),
+            "block_opts": [tr.block_opts[t].state_dict() for t in sorted(tr.block_opts)],
+            "shared_opt": tr.shared_opt.state_dict() if tr.shared_opt else None}
+
+
+def resume_from(tr, state: dict) -> None:
+    """Set tr to a train state; one trained with other settings is refused, naming them."""
+    saved = Config.from_dict(state["config"])
+    diff = saved.differences(tr.cfg)
+    if diff:
+        raise RunDirError(f"the checkpoint in {tr.out} was trained with different settings "
+                          f"({', '.join(diff)}); resume with the same options or use another --out")
+    tr.model.load_state_dict(models.legacy_keys(state["model"], tr.model))
+    block_states, shared_state = state["block_opts"], state["shared_opt"]
+    if not block_states and tr.shared_opt is None:  # before 0.2 one network's optimizer was 'shared'
+        block_states, shared_state = [shared_state], None
+    for t, s in zip(sorted(tr.block_opts), block_states):
+        tr.block_opts[t].load_state_dict(s)
+    if tr.shared_opt is not None:
+        tr.shared_opt.load_state_dict(shared_state)
+    for o in tr.optimizers():
+        match_layout(o)
+    tr.epoch, tr.best_val, tr.history = state["epoch"], state["best_val"], state["history"]
+    tr.passes_done = state.get("passes_done", 0)
+    tr.steps_done, tr.rng_state = state.get("steps_done", 0), state.get("rng_state")
 
 
 __all__ = ["RunFolder", "RunDirError", "CheckpointError", "LAST", "BEST", "STATE", "CONFIG", "METRICS", "RESULT"]

@@ -43,7 +43,7 @@ class TinyLinear(noprop.Method):
 
     def loss(self, x, y, blocks=None):
         ce = F.cross_entropy(self.final_latent(x), y)
-        return {"loss": ce, "ce": ce}
+        return noprop.Loss(ce, {"ce": ce})
 
     def final_latent(self, x, noise=True, generator=None, steps=None, solver=None):
         return self.linear(x.reshape(len(x), -1))

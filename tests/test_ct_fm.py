@@ -61,7 +61,7 @@ def test_learned_schedule_refuses_reversed_endpoints():
 def test_schedule_gets_gradient_from_the_ct_loss():
     torch.manual_seed(0)
     m = NoPropCT(SHAPE, ClassEmbedding("one-hot", 10), steps=4)
-    m.loss(torch.randn(8, *SHAPE), torch.randint(0, 10, (8,)))["loss"].backward()
+    m.loss(torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))).total.backward()
     for n, p in m.schedule.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
     assert m.schedule.gamma_0.grad.abs() > 0
@@ -72,7 +72,7 @@ def test_ct_loss_terms():
     m = NoPropCT(SHAPE, ClassEmbedding("one-hot", 10), eta=1.0, steps=4)
     x, y = torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))
     torch.manual_seed(1)
-    parts = m.loss(x, y)
+    loss = m.loss(x, y)
     torch.manual_seed(1)  # recompute by hand with the same draws
     u = torch.eye(10)[y]
     ab = m.schedule.alpha_bar(torch.tensor([0.0, 1.0]))
@@ -84,7 +84,7 @@ def test_ct_loss_terms():
     zt = abt.sqrt() * u + (1 - abt).sqrt() * torch.randn_like(u)
     sq = (m.net(zt, x, t).softmax(-1) - u).pow(2).sum(-1)
     l2 = (m.schedule.snr_derivative(t) * sq).mean()
-    torch.testing.assert_close(parts["loss"], ce + kl + 0.5 * l2)
+    torch.testing.assert_close(loss.total, ce + kl + 0.5 * l2)
 
 
 # --- networks ------------------------------------------------------------------------------------
@@ -133,8 +133,8 @@ def test_fm_loss_and_anchor():
     x, y = torch.randn(6, *SHAPE), torch.randint(0, 10, (6,))
     hot = NoPropFM(SHAPE, ClassEmbedding("one-hot", 10), steps=4)
     torch.manual_seed(2)
-    parts = hot.loss(x, y)
-    assert set(parts) == {"loss", "fm"}, "fixed one-hot embeddings: no CE term"
+    loss = hot.loss(x, y)
+    assert set(loss.parts) == {"fm"}, "fixed one-hot embeddings: no CE term"
     assert hot.head is None, "and no head for a CE term to train"
     torch.manual_seed(2)
     u = torch.eye(10)[y]
@@ -142,11 +142,11 @@ def test_fm_loss_and_anchor():
     t = torch.rand(6)
     zt = t[:, None] * u + (1 - t[:, None]) * z0
     v = hot.net(zt, x, t) @ torch.eye(10)
-    torch.testing.assert_close(parts["fm"], (v - (u - z0)).pow(2).sum(-1).mean())
+    torch.testing.assert_close(loss.parts["fm"], (v - (u - z0)).pow(2).sum(-1).mean())
     learned = NoPropFM(SHAPE, ClassEmbedding("learned", 10), steps=4)
-    parts = learned.loss(x, y)
-    assert "ce" in parts
-    parts["loss"].backward()
+    loss = learned.loss(x, y)
+    assert "ce" in loss.parts
+    loss.total.backward()
     assert learned.embed.weight.grad.abs().sum() > 0 and learned.head.weight.grad.abs().sum() > 0
 
 
@@ -195,7 +195,7 @@ def test_backprop_chain_and_end_to_end_gradient():
     torch.testing.assert_close(m.final_latent(x, generator=g), z)
     assert torch.tanh(m.w).detach().allclose(torch.full((3,), 0.5))
     m.train()
-    m.loss(x, torch.randint(0, 10, (4,)))["loss"].backward()
+    m.loss(x, torch.randint(0, 10, (4,))).total.backward()
     for i in range(3):  # unlike NoProp, every block gets gradient from the one CE at the end
         assert m.blocks[i].image_path.fc.weight.grad.abs().sum() > 0
     assert m.w.grad.abs().sum() > 0
@@ -211,7 +211,7 @@ def test_adjoint_gradient_matches_direct_backprop(steps, tol):
     m = Adjoint(SHAPE, ClassEmbedding("one-hot", 10), steps=steps, dropout=0.0).double()
     x, y = torch.randn(4, *SHAPE, dtype=torch.float64), torch.randint(0, 10, (4,))
     torch.manual_seed(5)
-    m.loss(x, y)["loss"].backward()
+    m.loss(x, y).total.backward()
     adj = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
     torch.manual_seed(5)

@@ -48,7 +48,7 @@ def test_block_loss_is_the_sum_of_its_three_terms():
     m = small_model().train()
     x, y = batch()
     torch.manual_seed(5)
-    parts = m.block_loss(2, x, y)
+    loss = m.block_loss(2, x, y)
     torch.manual_seed(5)  # the same noise draws, recomputed by hand
     u = m.embed(y)
     ab = m.alpha_bar
@@ -58,10 +58,10 @@ def test_block_loss_is_the_sum_of_its_three_terms():
     z1 = math.sqrt(ab[1]) * u + math.sqrt(1 - ab[1]) * torch.randn_like(u)
     u_hat = m.blocks[1](z1, x).softmax(-1) @ m.embed.weight
     l2 = (u_hat - u).pow(2).sum(-1).mean()
-    torch.testing.assert_close(parts["ce"], ce)
-    torch.testing.assert_close(parts["kl"], kl)
-    torch.testing.assert_close(parts["l2"], l2)
-    torch.testing.assert_close(parts["loss"], ce + kl + m.l2_weight[1] * l2)
+    torch.testing.assert_close(loss.parts["ce"], ce)
+    torch.testing.assert_close(loss.parts["kl"], kl)
+    torch.testing.assert_close(loss.parts["l2"], l2)
+    torch.testing.assert_close(loss.total, ce + kl + m.l2_weight[1] * l2)
 
 
 def grads(model):
@@ -74,7 +74,7 @@ def test_no_gradient_crosses_blocks(kind):
     # CE's gradient is (correctly) zero; this test is about where gradient flows, not about the start
     m = small_model(kind, head_init="random").train()
     x, y = batch()
-    m.block_loss(3, x, y)["loss"].backward()
+    m.block_loss(3, x, y).total.backward()
     g = grads(m)
     for n, v in g.items():
         if n.startswith("blocks."):
@@ -103,7 +103,7 @@ def test_all_blocks_sum_gives_each_block_its_own_gradient():
     m = small_model().eval()
     x, y = batch()
     torch.manual_seed(3)
-    m.loss(x, y)["block_part"].backward()
+    m.loss(x, y).block_part.backward()
     together = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     torch.manual_seed(3)
     m.shared_loss(y)  # loss() draws the CE term's z_T first: consume the same numbers

@@ -13,7 +13,8 @@ from noprop.config import Config
 from noprop.data import Split, load_mnist, subset
 from noprop.diagnose import chain_analysis
 from noprop.evaluation import accuracy_runs, predict
-from noprop.trainer import LAST, Trainer
+from noprop.runfolder import LAST
+from noprop.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 

@@ -14,8 +14,11 @@ from noprop import checkpoint, device
 from noprop.checkpoint import CheckpointError
 from noprop.config import Config, ConfigError
 from noprop.data import load_mnist, subset
+from noprop.method import Loss
 from noprop.models import load
-from noprop.trainer import BEST, LAST, METRICS, DivergenceError, RunDirError, Trainer
+from noprop.optim import lr_at
+from noprop.runfolder import BEST, LAST, METRICS, RunDirError
+from noprop.trainer import DivergenceError, Trainer
 
 
 @pytest.fixture(scope="session")
@@ -158,6 +161,19 @@ def test_nan_loss_stops_with_block_and_step_and_keeps_checkpoint(tmp_path, mnist
     assert (tmp_path / "r" / LAST).read_bytes() == before
 
 
+def test_a_loss_given_as_the_older_dict_reads_as_the_same_loss():
+    """A method of one's own written before Loss returns {"loss": total, parts..., optionally
+    "shared_part" and "block_part"}: the trainer reads it through Loss.of, parts in their order."""
+    ce, kl, l2 = torch.tensor(1.0), torch.tensor(2.0), torch.tensor([3.0, 4.0])
+    loss = Loss.of({"loss": ce + kl + l2.sum(), "ce": ce, "kl": kl, "l2": l2,
+                    "shared_part": ce + kl, "block_part": l2.sum()})
+    assert list(loss.logged()) == ["loss", "ce", "kl", "l2"] and float(loss.total) == 10.0
+    assert (float(loss.shared_part), float(loss.block_part)) == (3.0, 7.0)
+    assert Loss.of(loss) is loss
+    with pytest.raises(ValueError, match="both shared_part and block_part"):
+        Loss(ce, {"ce": ce}, shared_part=ce)
+
+
 def test_unwritable_output_folder_is_named(tmp_path, mnist):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -203,17 +219,17 @@ def test_every_embedding_head_and_order_trains_and_reloads(tmp_path, mnist, embe
 
 def test_cosine_lr_schedule_closed_form_and_applied(tmp_path, mnist):
     tr = Trainer(tiny_cfg(epochs=2, lr=1e-3, lr_schedule="cosine"), tiny(mnist), tmp_path / "run", quiet=True)
-    assert tr.lr_at(0) == pytest.approx(1e-3)
-    assert tr.lr_at(1) == pytest.approx(0.5e-3)            # half-way through 2 epochs: lr / 2
-    assert tr.lr_at(0.5) == pytest.approx(1e-3 * (1 + 2 ** -0.5) / 2)
-    assert tr.lr_at(2) == pytest.approx(0.0, abs=1e-15)
+    assert lr_at(tr.cfg, 0) == pytest.approx(1e-3)
+    assert lr_at(tr.cfg, 1) == pytest.approx(0.5e-3)            # half-way through 2 epochs: lr / 2
+    assert lr_at(tr.cfg, 0.5) == pytest.approx(1e-3 * (1 + 2 ** -0.5) / 2)
+    assert lr_at(tr.cfg, 2) == pytest.approx(0.0, abs=1e-15)
     tr.fit(log=None)
     # the last step of 2 x 8 batches ran at progress 15/16 of the way: lr (1 + cos(15 pi / 16)) / 2
     last = tr.block_opts[1].param_groups[0]["lr"]
     assert last == pytest.approx(1e-3 * (1 + math.cos(15 / 16 * math.pi)) / 2)
     assert tr.shared_opt.param_groups[0]["lr"] == last
     const = Trainer(tiny_cfg(lr=2e-3), tiny(mnist), tmp_path / "const", quiet=True)
-    assert const.lr_at(0.7) == 2e-3
+    assert lr_at(const.cfg, 0.7) == 2e-3
     with pytest.raises(ConfigError, match="--lr-schedule"):
         tiny_cfg(lr_schedule="linear").validate()
 
@@ -232,7 +248,7 @@ def test_a_budget_far_shorter_than_one_epoch_trains_every_block_and_beats_chance
     pass: blocks 4-10 never trained and every rule read chance.) The budget is set from this
     machine's fastest step, so the test asks the same of a fast and a slow CPU, and the epoch is
     cut whatever else slows the steps down."""
-    from noprop.trainer import run
+    from noprop.runner import run
     data = tiny(mnist, n=6400, nval=1000)
     data.test = subset(mnist.test, 1000)
     cfg = dict(T=10, epochs=1, batch_size=128, order="paper", train_subset=6400, val_subset=1000)
@@ -263,7 +279,7 @@ def test_a_budget_far_shorter_than_one_epoch_trains_every_block_and_beats_chance
 def test_a_run_that_ends_with_blocks_untrained_says_so_on_screen_and_in_its_result(tmp_path, mnist):
     """One block drawn per step (order random) and a budget spent after the first step: the other
     blocks never trained, and the run says which, in its log and in result.json."""
-    from noprop.trainer import describe_result, run
+    from noprop.runner import describe_result, run
     logs = []
     cfg = tiny_cfg(order="random", T=4, minutes=1e-9)
     _, result = run(cfg, tiny(mnist), tmp_path / "run", eval_runs=1, quiet=True, log=logs.append)
@@ -313,7 +329,7 @@ def test_a_one_network_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_p
 def test_the_inference_rule_is_chosen_on_validation_never_on_test(mnist, monkeypatch):
     """final_evaluation names the rule with the best validation accuracy, even where the test set
     would rank the rules the other way; the time-to-accuracy row judges its target by that rule."""
-    from noprop import trainer
+    from noprop import evaluation
     from noprop.tools import bench
     d = tiny(mnist)
     scores = {id(d.val): {"stochastic": 90.0, "no-noise": 95.0}, id(d.test): {"stochastic": 99.5, "no-noise": 98.0}}
@@ -321,8 +337,8 @@ def test_the_inference_rule_is_chosen_on_validation_never_on_test(mnist, monkeyp
     def fake_rules(model, split, runs, ensemble, seed, rules, **kw):
         return {r: {"runs": [scores[id(split)][r]] * runs, "mean": scores[id(split)][r], "se": 0.0} for r in rules}
 
-    monkeypatch.setattr(trainer, "rules_accuracy", fake_rules)
-    ev = trainer.final_evaluation(None, d, runs=2)
+    monkeypatch.setattr(evaluation, "rules_accuracy", fake_rules)
+    ev = evaluation.final_evaluation(None, d, runs=2)
     assert ev["rule_chosen_on_val"] == "no-noise"
     assert ev["val"]["no-noise"]["mean"] == 95.0 and ev["test"]["stochastic"]["mean"] == 99.5
     row = bench._tta_row(99.0, 1.0, 2.0, 1, [95.0], "fp32", "paper", "constant", 1, {}, ev, 1)
@@ -331,7 +347,7 @@ def test_the_inference_rule_is_chosen_on_validation_never_on_test(mnist, monkeyp
 
 
 def test_a_trained_model_reports_validation_accuracy_under_each_rule(mnist):
-    from noprop.trainer import final_evaluation
+    from noprop.evaluation import final_evaluation
     d = tiny(mnist)
     tr = Trainer(tiny_cfg().validate(), d, None, quiet=True)
     tr.fit()
@@ -344,7 +360,7 @@ def test_a_trained_model_reports_validation_accuracy_under_each_rule(mnist):
 def test_an_evaluation_that_will_outlast_training_is_announced_with_what_sets_its_cost(mnist):
     """The estimate times the evaluation's own plan on 100 test images and scales it to the test set;
     the warning appears only when that passes both the training time and a minute."""
-    from noprop.trainer import evaluation_estimate, evaluation_warning
+    from noprop.evaluation import evaluation_estimate, evaluation_warning
     d = tiny(mnist)
     d.test = subset(mnist.test, 300)
     tr = Trainer(tiny_cfg(), d, None, quiet=True)

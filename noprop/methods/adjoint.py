@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embedding import ClassEmbedding
-from ..method import ChainStep, register_method
+from ..method import ChainStep, Loss, register_method
 from ..nets import TimeNet
 from ..ode import integrate
 from .time_conditioned import TimeConditioned
@@ -63,7 +63,7 @@ class Adjoint(TimeConditioned):
     def from_config(cls, cfg, image_shape, num_classes, embedding):
         return cls(image_shape, embedding, steps=cfg.steps)
 
-    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x, y, blocks=None) -> Loss:
         try:
             from torchdiffeq import odeint_adjoint
         except ImportError as e:  # an optional dependency: say how to get it
@@ -74,7 +74,7 @@ class Adjoint(TimeConditioned):
         z1 = odeint_adjoint(field, z0, ts, method="euler", options={"step_size": 1.0 / self.steps},
                             adjoint_params=field.ode_parameters())[-1]
         ce = F.cross_entropy(self.head(z1), y)
-        return {"loss": ce, "ce": ce}
+        return Loss(ce, {"ce": ce})
 
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,

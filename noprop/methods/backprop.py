@@ -18,7 +18,7 @@ from torch import nn
 
 from ..embedding import ClassEmbedding
 from ..errors import ConfigError
-from ..method import ChainStep, Method, register_method
+from ..method import ChainStep, Loss, Method, register_method
 from ..nets import DTBlock
 
 
@@ -98,6 +98,6 @@ class Backprop(Method):
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         return self.log_scale.exp() * self.head(z)
 
-    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x, y, blocks=None) -> Loss:
         ce = F.cross_entropy(self.classify(self.final_latent(x)), y)
-        return {"loss": ce, "ce": ce}
+        return Loss(ce, {"ce": ce})

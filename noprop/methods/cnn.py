@@ -17,7 +17,7 @@ from torch import nn
 
 from ..embedding import ClassEmbedding
 from ..errors import ConfigError
-from ..method import Method, register_method
+from ..method import Loss, Method, register_method
 from ..nets import ConvPath
 
 
@@ -58,6 +58,6 @@ class CNN(Method):
     def classify(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def loss(self, x, y, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x, y, blocks=None) -> Loss:
         ce = F.cross_entropy(self.final_latent(x), y)
-        return {"loss": ce, "ce": ce}
+        return Loss(ce, {"ce": ce})

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import noise as training_noise
 from ..embedding import ClassEmbedding
-from ..method import ChainStep, register_method
+from ..method import ChainStep, Loss, register_method
 from ..ode import integrate
 from ..schedule import LearnedSchedule, kl_to_standard_normal, q_sample
 from .time_conditioned import TimeConditioned
@@ -61,7 +61,7 @@ class NoPropCT(TimeConditioned):
     def classify(self, z_1: torch.Tensor) -> torch.Tensor:
         return self.head(z_1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> Loss:
         """The per-minibatch loss of Alg. 2."""
         u = self.embed(y)
         one = torch.ones(1, device=x.device)
@@ -74,7 +74,7 @@ class NoPropCT(TimeConditioned):
         _, u_hat = self.u_hat(z_t, x, t)
         sq = (u_hat - u).pow(2).sum(-1)
         l2 = (self.schedule.snr_derivative(t) * sq).mean()
-        return {"loss": ce + kl + self.eta / 2 * l2, "ce": ce, "kl": kl, "l2": sq.mean()}
+        return Loss(ce + kl + self.eta / 2 * l2, {"ce": ce, "kl": kl, "l2": sq.mean()})
 
     @torch.no_grad()
     def chain(self, x: torch.Tensor, noise: bool = True, generator=None, steps: int | None = None,

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..embedding import ClassEmbedding
 from ..errors import ConfigError
-from ..method import ChainStep, Method, register_method
+from ..method import ChainStep, Loss, Method, register_method
 from ..nets import DTBlock
 from ..schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
 
@@ -151,23 +151,23 @@ class NoPropDT(Method):
         _, u_hat = self.u_hat(t, z_prev, x)
         return (u_hat - u).pow(2).sum(-1).mean()
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks: list[int] | None = None) -> Loss:
         """Eq. 61 summed over the given blocks: CE + KL + sum_t (T/2) eta (SNR(t) - SNR(t-1)) L2_t.
         For one block this is L_t; for several, each block still gets exactly the gradient of its
-        own L_t (no gradient crosses blocks), while CE + KL are counted once."""
+        own L_t (no gradient crosses blocks), while CE + KL are counted once. With a fixed W_Embed
+        the L2 terms give the shared parameters (the head) no gradient, so the loss splits into
+        shared_part = CE + KL and block_part = the weighted L2 terms (see Loss)."""
         blocks = list(range(1, self.T + 1)) if blocks is None else blocks
         ce, kl = self.shared_loss(y)
         l2 = torch.stack([self.denoise_loss(t, x, y) for t in blocks])
         weighted = sum(self.l2_weight[t - 1] * l2[i] for i, t in enumerate(blocks))
-        out = {"loss": ce + kl + weighted, "ce": ce, "kl": kl, "l2": l2}
-        if not self.embed.trainable:  # with a fixed W the L2 terms give the head no gradient
-            out["shared_part"], out["block_part"] = ce + kl, weighted
-        return out
+        split = {} if self.embed.trainable else {"shared_part": ce + kl, "block_part": weighted}
+        return Loss(ce + kl + weighted, {"ce": ce, "kl": kl, "l2": l2}, **split)
 
-    def block_loss(self, t: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def block_loss(self, t: int, x: torch.Tensor, y: torch.Tensor) -> Loss:
         """L_t of Eq. 61 for block t (1-based), with its parts (l2 a scalar)."""
         out = self.loss(x, y, [t])
-        out["l2"] = out["l2"][0]
+        out.parts["l2"] = out.parts["l2"][0]
         return out
 
     # --- inference (never sees a label) ----------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import noise as training_noise
 from ..embedding import ClassEmbedding
-from ..method import ChainStep, register_method
+from ..method import ChainStep, Loss, register_method
 from ..ode import SOLVERS, integrate
 from .time_conditioned import TimeConditioned
 
@@ -57,7 +57,7 @@ class NoPropFM(TimeConditioned):
     def velocity(self, z, x, t, features=None) -> torch.Tensor:
         return self.embed.span(self.net(z, x, t, features))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, blocks=None) -> Loss:
         u = self.embed(y)
         z0 = training_noise.randn_like(u)
         t = training_noise.rand(len(y), x.device)
@@ -66,12 +66,11 @@ class NoPropFM(TimeConditioned):
             z_t = z_t + self.sigma * training_noise.randn_like(u)
         v = self.velocity(z_t, x, t)
         fm = (v - (u - z0)).pow(2).sum(-1).mean()
-        out = {"loss": fm, "fm": fm}
-        if self.head is not None:
-            z1_tilde = z_t + (1 - t[:, None]) * v
-            ce = F.cross_entropy(self.head(z1_tilde), y)
-            out.update(loss=fm + ce, ce=ce)
-        return out
+        if self.head is None:
+            return Loss(fm, {"fm": fm})
+        z1_tilde = z_t + (1 - t[:, None]) * v
+        ce = F.cross_entropy(self.head(z1_tilde), y)
+        return Loss(fm + ce, {"fm": fm, "ce": ce})
 
     @torch.no_grad()
     def chain(self, x, noise: bool = True, generator=None, steps: int | None = None,

@@ -35,11 +35,13 @@ from .. import device, models
 from ..checkpoint import atomic_write_text
 from ..config import Config
 from ..data import load_data
-from ..evaluation import format_mean_se
+from ..evaluation import final_evaluation, format_mean_se
 from ..machine import class_name, cpu_class, describe, machine_line, provenance
+from ..method import Loss
 from ..methods import get_method
+from ..optim import make_optimizer
 from ..parallel import choose_groups
-from ..trainer import Trainer, final_evaluation, make_optimizer
+from ..trainer import Trainer
 from .settings import WORKERS_BATCH
 
 SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "kmnist": ((1, 28, 28), 10),
@@ -122,7 +124,7 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
     def step():  # one block's update, the unit of block-wise training, cycling through the blocks
         t = next(counter) % model.num_blocks + 1
         with torch.autocast(**autocast):
-            loss = model.loss(x, y, [t] if model.num_blocks > 1 else None)["loss"]
+            loss = Loss.of(model.loss(x, y, [t] if model.num_blocks > 1 else None)).total
         for o in [opts[t]] + shared_opt:
             o.zero_grad(set_to_none=True)
         loss.backward()

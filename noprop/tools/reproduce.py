@@ -23,7 +23,8 @@ from ..data import DataError, load_data, subset
 from ..diagnose import chain_analysis
 from ..models import load
 from ..presets import get_preset
-from ..trainer import LAST, RESULT, run
+from ..runfolder import LAST, RESULT
+from ..runner import run
 
 
 def cell_name(dataset: str, method: str, embedding: str, seed: int) -> str:
