@@ -21,10 +21,11 @@ from .embedding import ClassEmbedding  # noqa: E402
 from .fm import NoPropFM  # noqa: E402
 from .method import REGISTRY as METHODS  # noqa: E402
 from .method import ChainStep, Method, get_method, load_plugin, method_names, register_method  # noqa: E402
+from .options import Option  # noqa: E402
 from .schedule import CosineSchedule, DiscreteSchedule, LearnedSchedule  # noqa: E402
 
 __all__ = ["__version__", "train", "load", "evaluate", "predict", "TrainedRun", "Config", "ConfigError",
            "Dataset", "Split", "load_dataset", "load_mnist", "load_idx_dataset", "load_cifar", "load_npz",
-           "ClassEmbedding", "METHODS", "Method", "ChainStep", "register_method", "get_method", "method_names",
-           "load_plugin", "CosineSchedule", "DiscreteSchedule", "LearnedSchedule",
+           "ClassEmbedding", "METHODS", "Method", "ChainStep", "Option", "register_method", "get_method",
+           "method_names", "load_plugin", "CosineSchedule", "DiscreteSchedule", "LearnedSchedule",
            "NoPropDT", "NoPropCT", "NoPropFM", "Backprop", "Adjoint", "CNN"]

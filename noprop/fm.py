@@ -26,6 +26,7 @@ from .embedding import ClassEmbedding
 from .method import ChainStep, Method, register_method
 from .nets import TimeNet
 from .ode import SOLVERS, integrate
+from .options import Option
 
 
 @register_method
@@ -33,8 +34,14 @@ class NoPropFM(Method):
     name = "fm"
     display_name = "NoProp-FM"
     listing_order = 3
-    solvers = SOLVERS
     defaults = {"optimizer": "adam"}
+    options = {
+        "steps": Option(int, 1000, "inference steps of the flow (the paper: 1000)", check=lambda v: v >= 1,
+                        rule="must be an integer >= 1"),
+        "solver": Option(str, "euler", "the flow's ODE solver", choices=SOLVERS),
+        "fm_sigma": Option(float, 0.0, "sigma of the path's noise (Eq. 10; not given in the paper)",
+                           check=lambda v: v >= 0, rule="must be >= 0"),
+    }
 
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, solver: str = "euler",
                  sigma: float = 0.0, dropout: float = 0.2):
