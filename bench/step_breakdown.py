@@ -59,12 +59,12 @@ def _rank(rank: int, world: int, port: int, method: str, precision: str, batch: 
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from noprop import hostsum, parallel
-    from noprop.config import Config
+    from noprop.config import Config, taken_by
     from noprop.data import load_data
     from noprop.models import blocks_for
     from noprop.trainer import Trainer
     cfg = Config(method=method, precision=precision, batch_size=batch, train_subset=images, val_subset=64,
-                 test_subset=100, epochs=2, steps=10).validate()
+                 test_subset=100, epochs=2, **taken_by(method, {"steps": 10})).validate()
     d = parallel.init_from_env(cfg.device, blocks_for(cfg), None) if world > 1 else parallel.SINGLE
     try:
         tr = Trainer(cfg, load_data(cfg), None, quiet=True, dist=d)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from noprop.checkpoint import atomic_write_text
-from noprop.config import Config
+from noprop.config import Config, taken_by
 from noprop.data import load_data
 from noprop.diagnose import chain_analysis
 from noprop.machine import describe, provenance
@@ -90,7 +90,8 @@ def cell_dir(runs_dir: Path, study: str, label: str, seed: int) -> Path:
 
 
 def run_cell(study: dict, label: str, seed: int, folder: Path, log=print) -> dict:
-    cfg = Config(**{**study["common"], **study["variants"][label], "seed": seed}).validate()
+    fields = {**study["common"], **study["variants"][label], "seed": seed}
+    cfg = Config(**taken_by(fields.get("method", "dt"), fields)).validate()  # "common" may hold steps for all
     if not (folder / RESULT).exists():
         data = load_data(cfg)
         t0 = time.perf_counter()

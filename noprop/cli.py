@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -11,13 +10,24 @@ import time
 from pathlib import Path
 
 from . import checkpoint, device, diagnose, models, parallel, runner
-from .config import BATCHNORM_STATS, LR_SCHEDULES, OPTIMIZERS, ORDERS, PRECISIONS, Config
+from .config import (
+    BATCHNORM_STATS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    ORDERS,
+    PRECISIONS,
+    SHARED_FIELDS,
+    Config,
+    not_taken,
+    taken_by,
+)
 from .data import DATASETS, load_data
 from .embedding import KINDS
 from .errors import USER_ERRORS, ConfigError, RunDirError
 from .evaluation import format_mean_se, rules_accuracy
 from .method import load_plugin
-from .methods import get_method, method_names
+from .methods import get_method, method_names, takers
+from .options import Option, flag
 from .presets import get_preset, list_presets
 from .runfolder import LAST, STATE
 from .tools.settings import WORKERS_BATCH
@@ -65,10 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--method", help=f"{' | '.join(method_names())}, or one a --plugin registers")
     opt("--embedding", choices=KINDS)
     opt("--embed-dim", type=int, help="dimension of a learned embedding; None means 20")
-    opt("--head", help="DT output head: linear | posterior")
-    opt("--posterior-sigma", type=float)
-    opt("--head-init", help="DT: bayes | random; backprop: decoder | random; None means the method's")
-    opt("--logit-scale", type=float, help="backprop: start of the head's learnable logit scale; None means 10")
     opt("--epochs", type=int)
     opt("--minutes", type=float, help="training time budget, then save and evaluate; NoProp-DT in paper "
         "order divides it among the epoch's block passes, so every block trains")
@@ -77,12 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--lr", type=float)
     opt("--lr-schedule", choices=LR_SCHEDULES, help="constant (the paper) or cosine decay to 0 over --epochs")
     opt("--weight-decay", type=float)
-    opt("-T", "--T", type=int, help="number of blocks (DT, backprop)")
-    opt("--eta", type=float, help="None means the method's (the paper's: DT 0.1, CT 1)")
-    opt("--schedule-eps", type=float, help="DT cosine schedule squeeze")
-    opt("--steps", type=int, help="inference steps of CT / FM / adjoint")
-    opt("--solver", help="CT: stochastic | euler | heun; FM: euler | heun; None means the first")
-    opt("--fm-sigma", type=float, help="noise of the FM path")
     opt("--order", choices=ORDERS, help="paper = block by block each epoch; all = every block "
         "on each batch; random = one random block per batch")
     opt("--seed", type=int)
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms, and "
                     "data-parallel noise independent of the worker count, so a resumed or re-run run ends "
                     "with exactly the same weights")
+    _method_option_args(tr.add_argument_group(
+        "method options", "each is taken only by the methods it names; given to another method it is an error"))
     tr.add_argument("--eval-runs", type=int, default=5, help="inference runs for the final test accuracy")
     tr.add_argument("--ensemble", type=int, default=0, metavar="K", help="also report the K-chain ensemble "
                     "rule in the final evaluation")
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--cell-minutes", type=float, help="stop a cell's training after the first epoch that "
                     "brings its training time past this (the same wall budget for every method; the report "
                     "shows the epochs run)")
-    rp.add_argument("--steps", type=int, help="override the inference steps of CT / FM / adjoint")
+    rp.add_argument("--steps", type=int, help="override the steps of the methods that take --steps")
     rp.add_argument("--train-subset", type=int)
     rp.add_argument("--val-subset", type=int)
     rp.add_argument("--test-subset", type=int, help="smoke runs only; the report says so")
@@ -211,17 +213,58 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _declared_options() -> dict[str, list[tuple[str, Option]]]:
+    """Every option a registered method declares (plugins' too, loaded before the parser is built):
+    name -> [(method, its declaration)], methods in listing order."""
+    out: dict[str, list[tuple[str, Option]]] = {}
+    for m in method_names():
+        for name, option in get_method(m).options.items():
+            out.setdefault(name, []).append((m, option))
+    return out
+
+
+def _method_option_args(group) -> None:
+    """One flag per declared option name, unset unless given (Config.validate then refuses it for a
+    method that does not declare it, and fills the method's default when left out)."""
+    for name, declared in _declared_options().items():
+        lines: dict[str, list[str]] = {}  # one line per distinct declaration, naming its methods
+        for m, o in declared:
+            choices = f"; {' | '.join(map(str, o.choices))}" if o.choices else ""
+            lines.setdefault(f"{o.help}{choices} (default: {o.default})", []).append(m)
+        flags = [f"-{name}", flag(name)] if len(name) == 1 else [flag(name)]
+        kind = declared[0][1].type
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
+                           metavar={int: "N", float: "X", bool: "BOOL"}.get(kind, "NAME"),
+                           type=_parse_bool if kind is bool else kind,
+                           help="; ".join(f"{', '.join(ms)}: {text}" for text, ms in lines.items()))
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _config_from_args(a: argparse.Namespace) -> Config:
-    """Defaults, then --config's or --preset's fields, then every option given on the command line."""
+    """Defaults, then --config's or --preset's fields, then every option given on the command line.
+    A --method that differs from the file's or the preset's starts from its own options' defaults
+    (the others' options are not its own); the command line's method options always apply."""
     if a.preset and a.config:
         raise ConfigError("--config and --preset: give one (a config file already holds every field)")
     fields = get_preset(a.preset) if a.preset else {}
     if a.config:
         fields = Config.from_json_file(a.config).to_dict()
-    names = {f.name for f in dataclasses.fields(Config)}
-    fields.update({k: v for k, v in vars(a).items() if k in names})
+    options = {**fields.pop("method_options", {}), **{k: fields.pop(k) for k in list(fields) if k not in
+                                                       SHARED_FIELDS}}
+    given = vars(a)
+    if "method" in given and given["method"] != fields.get("method", Config.method):
+        options = {}
+    fields.update({k: v for k, v in given.items() if k in SHARED_FIELDS})
+    options.update({k: v for k, v in given.items() if k in _declared_options()})
     fields["plugins"] = list(dict.fromkeys(list(fields.get("plugins") or []) + a.plugin))
-    return Config(**fields).validate()
+    return Config(**fields, method_options=options).validate()
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -264,10 +307,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise ConfigError(f"--ensemble: must be >= 1, got {a.ensemble}")
     model, cfg, split = _load_for_eval(a)
     overrides = {k: v for k, v in (("steps", a.steps), ("solver", a.solver)) if v is not None}
+    for name in overrides:
+        if name not in type(model).options:
+            raise ConfigError(not_taken(name, type(model), takers(name)))
     if overrides:
-        if not type(model).solvers:
-            raise ConfigError(f"--steps/--solver: apply to methods that integrate over steps "
-                              f"({', '.join(n for n in method_names() if _solvers(n))}), not {cfg.method}")
         Config(**{**cfg.to_dict(), **overrides}).validate()  # names a bad value before any work
     if a.all_rules:
         rules, k = ("stochastic", "no-noise", "ensemble"), (a.ensemble if a.ensemble > 1 else 10)
@@ -285,10 +328,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             kind = {"stochastic": "stochastic", "no-noise": "noise-free"}.get(rule, rule)
             print(f"{a.split} accuracy ({a.runs} {kind} inference runs): {format_mean_se(r, sign='+-')}%")
     return 0
-
-
-def _solvers(name: str) -> tuple:
-    return get_method(name).solvers
 
 
 def cmd_presets(a: argparse.Namespace) -> int:
@@ -317,7 +356,8 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
                                    ("val_subset", a.val_subset), ("test_subset", a.test_subset),
                                    ("precision", a.precision)) if v is not None}
     for ds in a.datasets:  # name a bad value before any work
-        Config(dataset=ds, **overrides).validate()
+        for m in a.methods:  # --steps reaches the methods that take it (reproduce.run_grid)
+            Config(dataset=ds, method=m, **taken_by(m, overrides)).validate()
     if a.eval_runs < 1:
         raise ConfigError("--eval-runs: must be >= 1")
     if a.cell_minutes is not None and a.cell_minutes <= 0:

@@ -9,6 +9,7 @@ interface alone, so adding a method is one module plus one ``@register_method``:
     class MyMethod(Method):
         name = "mine"                       # --method mine
         display_name = "My method"
+        options = {"width": Option(int, 64, "hidden width", check=lambda v: v >= 1, rule="must be >= 1")}
         @classmethod
         def from_config(cls, cfg, image_shape, num_classes, embedding): ...
         def loss(self, x, y, blocks=None): ...          # Loss(scalar, {name: part to log})
@@ -21,6 +22,15 @@ get their own optimizer; ``shared_parameters()`` (NoProp-DT's head and a learned
 ``loss(x, y, blocks)`` is the loss of the listed blocks (1-based; None: all of them). The trainer's
 orders (paper: block by block; all; random), the block-parallel and data-parallel modes and the
 checkpoints follow from these few facts, for any method.
+
+**Options.** A method declares the options it reads in ``options`` (name -> ``noprop.Option``: type,
+default, help, choices, check), in its own module. ``Config`` keeps the fields every method shares
+(data, optimizer, run) and holds the chosen method's options in ``Config.method_options``, checked
+against these declarations and filled with their defaults; ``cfg.eta`` reads one. ``noprop train``
+makes a flag of every declared option, and refuses one the chosen method does not declare, naming
+the methods that do. Several methods may declare the same name (``steps``: ct, fm, adjoint), each
+with its own default and choices; ``solver``'s choices are the method's inference solvers, the first
+its default.
 
 **Plugins.** A method defined outside the package registers itself when its module is imported.
 ``--plugin PATH.py|module`` (or ``Config.plugins``) imports it; the run's config.json records it,
@@ -42,6 +52,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .ode import last
+from .options import Option
 
 if TYPE_CHECKING:
     from .config import Config
@@ -100,8 +111,8 @@ class Method(nn.Module):
     display_name: ClassVar[str] = ""         # in tables and reports, e.g. "NoProp-DT"
     in_paper: ClassVar[bool] = True          # False: a reference method the paper does not have
     listing_order: ClassVar[int] = 100       # where it stands in lists and tables (the paper's order first)
-    solvers: ClassVar[tuple[str, ...]] = ()  # inference solvers over `steps`; the first is the default
-    defaults: ClassVar[dict] = {}            # Config fields this method fills when left None
+    options: ClassVar[dict[str, Option]] = {}  # the options this method takes (see **Options.** above)
+    defaults: ClassVar[dict] = {}            # shared Config fields this method fills when left None (optimizer)
     per_block_metrics: ClassVar[tuple[str, ...]] = ()  # loss parts logged per block (vectors)
     find_unused_parameters: ClassVar[bool] = False      # DDP: some parameters may get no gradient
 

@@ -1,9 +1,9 @@
 """Named presets: every row of the paper's hyperparameter table (Table 3 in v1 = Table 4 in v2),
 one per dataset x method, named f"{dataset}-{method}" (e.g. "mnist-dt", "cifar10-ct").
 
-A preset is a plain dict of overrides of noprop.config.Config field names. The paper writes "–"
-for eta where a method has none (backprop, adjoint, fm); such presets leave "eta" out entirely
-rather than inventing a value."""
+A preset is a plain dict of noprop.config.Config fields and options of its method (T for dt and
+backprop, steps for the others). The paper writes "–" for eta where a method has none (backprop,
+adjoint, fm); such presets leave "eta" out entirely rather than inventing a value."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def _make(dataset: str, method: str) -> dict:
         "optimizer": _OPTIMIZER[row],
         "lr": 1e-3,
         "weight_decay": 1e-3,
-        "T": 10,  # the number of blocks for dt / backprop; unused by ct / fm / adjoint
-        "steps": _STEPS[row],
     }
+    # "Steps": the number of blocks T of dt / backprop, the inference steps of ct / fm / adjoint
+    p["T" if row == "dt" else "steps"] = _STEPS[row]
     if method in _ETA:
         p["eta"] = _ETA[method]
     return p
@@ -85,7 +85,7 @@ def list_presets() -> str:
     for name, p in PRESETS.items():
         eta = f"{p['eta']:g}" if "eta" in p else "–"
         rows.append((name, p["dataset"], p["method"], str(p["batch_size"]), str(p["epochs"]),
-                     p["optimizer"], _num(p["lr"]), _num(p["weight_decay"]), str(p["steps"]), eta))
+                     p["optimizer"], _num(p["lr"]), _num(p["weight_decay"]), str(p.get("T", p.get("steps"))), eta))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

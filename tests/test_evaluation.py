@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from noprop import models
-from noprop.config import Config
+from noprop.config import Config, taken_by
 from noprop.data import Split
 from noprop.evaluation import Run, predict_proba_runs, rules_accuracy
 
@@ -14,7 +14,7 @@ METHODS = ["dt", "ct", "fm", "backprop", "adjoint", "cnn"]
 
 def _model(method: str):
     torch.manual_seed(0)
-    cfg = Config(method=method, T=3, steps=4, eval_batch_size=16).validate()
+    cfg = Config(**taken_by(method, dict(method=method, T=3, steps=4, eval_batch_size=16))).validate()
     model = models.build(cfg, (1, 28, 28), 10)
     model.config = cfg
     return model

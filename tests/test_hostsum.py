@@ -133,9 +133,9 @@ def _sums_made(sync) -> dict:
 
 def _trainer_collectives(rank, world, method):
     from noprop import parallel
-    from noprop.config import Config
+    from noprop.config import Config, taken_by
     from noprop.models import build
-    cfg = Config(method=method, T=3).validate()
+    cfg = Config(**taken_by(method, dict(method=method, T=3))).validate()
     model = build(cfg, (1, 28, 28), 10)
     bn_layers = sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
     d = parallel.Dist(rank, world, 1)
@@ -161,11 +161,11 @@ def test_the_trainers_collectives_go_through_shared_memory(method):
 def _one_network_steps(rank, world, method, host_sum):
     os.environ["NOPROP_HOST_SUM"] = host_sum
     from noprop import parallel
-    from noprop.config import Config
+    from noprop.config import Config, taken_by
     from noprop.data import load_data
     from noprop.trainer import DivergenceError, Trainer
-    cfg = Config(method=method, T=3, batch_size=16, train_subset=64, val_subset=16, test_subset=16,
-                 epochs=1).validate()
+    cfg = Config(**taken_by(method, dict(method=method, T=3, batch_size=16, train_subset=64, val_subset=16,
+                                         test_subset=16, epochs=1))).validate()
     tr = Trainer(cfg, load_data(cfg), None, quiet=True, dist=parallel.Dist(rank, world, 1))
     gen = torch.Generator().manual_seed(0)  # the same global batch on both ranks, as from the epoch's order
     x, y = tr._batch(torch.randn(16, 1, 28, 28, generator=gen), torch.randint(0, 10, (16,), generator=gen))

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from noprop.config import Config
+from noprop.config import Config, taken_by
 from noprop.data import Split, load_mnist, subset
 from noprop.diagnose import chain_analysis
 from noprop.evaluation import accuracy_runs, predict
@@ -140,8 +140,8 @@ def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, st
     data = copy.copy(full)
     data.train, data.val, data.test = subset(full.train, n), subset(full.val, 300), subset(full.test, 1000)
     # fp32 on every CPU class, so the floors mean the same everywhere (auto would take bf16 where native)
-    cfg = Config(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n, val_subset=300,
-                 precision="fp32")
+    cfg = Config(**taken_by(method, dict(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n,
+                                         val_subset=300, precision="fp32")))
     tr = Trainer(cfg, data, tmp_path / "r", quiet=True)
     tr.fit(log=None)
     acc = accuracy_runs(tr.model, data.test, runs=1)[0]

@@ -136,15 +136,15 @@ def test_a_killed_worker_stops_the_others_and_the_run_resumes(tmp_path):
 
 # --- data-parallel and blocks x data ---------------------------------------------------------------
 ONE_BATCH = ["--train-subset", "64", "--batch-size", "64", "--val-subset", "64", "--test-subset", "64",
-             "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic", "--precision", "fp32", "--steps", "4",
-             "--epochs", "1"]
+             "--eval-runs", "1", "--threads", "1", "--quiet", "--deterministic", "--precision", "fp32", "--epochs", "1"]
+STEPS = ["--steps", "4"]  # for the methods that take --steps
 
 
 def initial_weights(method: str, **cfg) -> dict:
     """The weights a run starts from (the trainer seeds, then builds the model)."""
     from noprop import models
-    from noprop.config import Config
-    c = Config(method=method, precision="fp32", steps=4, **cfg).validate()
+    from noprop.config import Config, taken_by
+    c = Config(**taken_by(method, dict(method=method, precision="fp32", steps=4, **cfg))).validate()
     torch.manual_seed(c.seed)
     return {k: v.clone() for k, v in models.build(c, (1, 28, 28), 10).state_dict().items()}
 
@@ -180,7 +180,8 @@ def test_two_data_shards_make_the_update_of_one_process_with_the_global_batch(tm
     is the gradient's sign, which turns float rounding in gradients that are zero in exact
     arithmetic (biases before a BatchNorm) into +-lr. The ranks' sums go through shared memory
     (noprop/hostsum.py) or, with NOPROP_HOST_SUM=0, through gloo (as between machines)."""
-    extra = ["--optimizer", "sgd", "--lr", "0.05"] + (["-T", "3", "--block-groups", "1"] if method == "dt" else [])
+    extra = ["--optimizer", "sgd", "--lr", "0.05"] + (["-T", "3", "--block-groups", "1"] if method == "dt" else []) \
+        + (STEPS if method in ("ct", "fm", "adjoint") else [])
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
@@ -224,9 +225,10 @@ def first_moments(run: Path, method: str) -> dict:
     first step sets m_1 = (1 - beta1) g_1, so this is the step's gradient (the one every rank used:
     shards hold identical optimizer states) times 0.1."""
     from noprop import models
-    from noprop.config import Config
+    from noprop.config import Config, taken_by
     state = checkpoint.load(run / "train_state.safetensors")
-    model = models.build(Config(method=method, precision="fp32", steps=4).validate(), (1, 28, 28), 10)
+    model = models.build(Config(**taken_by(method, dict(method=method, precision="fp32", steps=4))).validate(),
+                         (1, 28, 28), 10)
     name = {id(p): n for n, p in model.named_parameters()}
     opts = [(model.block_parameters(t + 1), o) for t, o in enumerate(state["block_opts"])]
     if state["shared_opt"] is not None:
@@ -251,7 +253,7 @@ def test_data_parallel_adam_steps_on_the_global_batchs_gradient(tmp_path, method
     differs only by rounding: GRADIENT_RTOL (SCHEDULE_RTOL for CT's learned schedule)."""
     outs = {}
     for workers in (1, 2):
-        r = noprop("train", "--method", method, *ONE_BATCH, "--workers", str(workers),
+        r = noprop("train", "--method", method, *ONE_BATCH, *STEPS, "--workers", str(workers),
                    "--out", str(tmp_path / str(workers)))
         assert r.returncode == 0, r.stderr
         outs[workers] = first_moments(tmp_path / str(workers), method)
@@ -273,7 +275,7 @@ def test_data_parallel_runs_stay_equal_for_several_steps(tmp_path, method):
     <= 10 while lr L <= 1.15, L the gradient's Lipschitz constant; 4 steps at lr 0.05 that do not
     diverge stay within it). Measured: 7e-6 (fm). An undivided or half-batch gradient is off by 60% to
     80% of the update."""
-    args = [*ONE_BATCH, "--train-subset", "256", "--optimizer", "sgd", "--lr", "0.05"]
+    args = [*ONE_BATCH, *STEPS, "--train-subset", "256", "--optimizer", "sgd", "--lr", "0.05"]
     outs = {}
     for workers in (1, 2):
         r = noprop("train", "--method", method, *args, "--workers", str(workers), "--out", str(tmp_path / str(workers)))

@@ -12,7 +12,7 @@ import torch
 
 from noprop import checkpoint, device
 from noprop.checkpoint import CheckpointError
-from noprop.config import Config, ConfigError
+from noprop.config import Config, ConfigError, taken_by
 from noprop.data import load_mnist, subset
 from noprop.method import Loss
 from noprop.models import load
@@ -35,7 +35,7 @@ def tiny(mnist, n=256, nval=64):
 def tiny_cfg(**kw):
     base = dict(T=2, epochs=1, batch_size=32, order="all", train_subset=256, val_subset=64)
     base.update(kw)
-    return Config(**base)
+    return Config(**taken_by(base.get("method", "dt"), base))  # T=2 where the method takes it
 
 
 def test_pack_round_trip(tmp_path):
@@ -313,7 +313,7 @@ def test_a_one_network_budget_stops_mid_epoch_and_resume_continues_exactly(tmp_p
     step: the stop records the step and the RNG state, and the resume finishes the epoch with the
     weights of an uninterrupted run."""
     data = tiny(mnist)
-    cfg = dict(method="fm", steps=3, T=1)
+    cfg = dict(method="fm", steps=3)
     straight = Trainer(tiny_cfg(**cfg), data, tmp_path / "a", quiet=True)
     straight.fit(log=None)
     cut = Trainer(tiny_cfg(**cfg, minutes=1e-9), data, tmp_path / "b", quiet=True)

@@ -17,7 +17,7 @@ from .ct import NoPropCT
 from .dt import NoPropDT
 from .fm import NoPropFM
 
-__all__ = ["get_method", "method_names", "NoPropDT", "NoPropCT", "NoPropFM", "Backprop", "Adjoint", "CNN"]
+__all__ = ["get_method", "method_names", "takers", "NoPropDT", "NoPropCT", "NoPropFM", "Backprop", "Adjoint", "CNN"]
 
 
 def get_method(name: str) -> type[Method]:
@@ -31,3 +31,8 @@ def get_method(name: str) -> type[Method]:
 def method_names() -> list[str]:
     """Every registered method, the paper's first, in the order lists and tables show them."""
     return sorted(REGISTRY, key=lambda n: (REGISTRY[n].listing_order, n))
+
+
+def takers(option: str) -> list[str]:
+    """The registered methods that declare an option, in listing order."""
+    return [n for n in method_names() if option in REGISTRY[n].options]

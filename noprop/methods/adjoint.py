@@ -24,6 +24,7 @@ from ..embedding import ClassEmbedding
 from ..method import ChainStep, Loss, register_method
 from ..nets import TimeNet
 from ..ode import integrate
+from ..options import Option
 from .time_conditioned import TimeConditioned
 
 
@@ -52,8 +53,12 @@ class Adjoint(TimeConditioned):
     name = "adjoint"
     display_name = "Adjoint"
     listing_order = 5
-    solvers = ("euler",)
     defaults = {"optimizer": "adamw"}
+    options = {
+        "steps": Option(int, 1000, "Euler steps of the ODE, in training and inference (the paper: 1000)",
+                        check=lambda v: v >= 1, rule="must be an integer >= 1"),
+        "solver": Option(str, "euler", "the ODE's solver (fixed Euler steps, as trained)", choices=("euler",)),
+    }
 
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, dropout: float = 0.2):
         super().__init__(image_shape, embedding, steps, dropout=dropout)

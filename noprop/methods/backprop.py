@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embedding import ClassEmbedding
-from ..errors import ConfigError
 from ..method import ChainStep, Loss, Method, register_method
 from ..nets import DTBlock
+from ..options import Option
 
 
 @register_method
@@ -27,7 +27,14 @@ class Backprop(Method):
     name = "backprop"
     display_name = "Backprop"
     listing_order = 4
-    defaults = {"optimizer": "adamw", "head_init": "decoder", "logit_scale": 10.0}
+    defaults = {"optimizer": "adamw"}
+    options = {
+        "T": Option(int, 10, "number of chained blocks", check=lambda v: v >= 1, rule="must be an integer >= 1"),
+        "head_init": Option(str, "decoder", "the head's start: the class-embedding decoder, or random",
+                            choices=("decoder", "random")),
+        "logit_scale": Option(float, 10.0, "start of the head's learnable logit scale", check=lambda v: v > 0,
+                              rule="must be > 0"),
+    }
 
     def __init__(self, image_shape, embedding: ClassEmbedding, T: int = 10, dropout: float = 0.2,
                  head_init: str = "decoder", logit_scale: float = 10.0):
@@ -66,13 +73,6 @@ class Backprop(Method):
     def network_blocks(cls, cfg) -> int:
         """Its T chained blocks, all updated by every step (it trains as one block)."""
         return cfg.T
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        if cfg.head_init not in ("decoder", "random"):
-            raise ConfigError(f"--head-init: {cfg.head_init!r} does not apply to backprop; choose decoder or random")
-        if cfg.logit_scale <= 0:
-            raise ConfigError(f"--logit-scale: must be > 0, got {cfg.logit_scale}")
 
     def image_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each block's image path on x (it does not depend on z): shared by every inference run."""

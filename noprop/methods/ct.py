@@ -29,6 +29,7 @@ from .. import noise as training_noise
 from ..embedding import ClassEmbedding
 from ..method import ChainStep, Loss, register_method
 from ..ode import integrate
+from ..options import Option
 from ..schedule import LearnedSchedule, kl_to_standard_normal, q_sample
 from .time_conditioned import TimeConditioned
 
@@ -40,8 +41,15 @@ class NoPropCT(TimeConditioned):
     name = "ct"
     display_name = "NoProp-CT"
     listing_order = 2
-    solvers = CT_SOLVERS
-    defaults = {"eta": 1.0, "optimizer": "adam"}
+    defaults = {"optimizer": "adam"}
+    options = {
+        "eta": Option(float, 1.0, "weight of the L2 term (Eq. 9; the paper's 1)", check=lambda v: v > 0,
+                      rule="must be > 0"),
+        "steps": Option(int, 1000, "inference steps (the paper: 1000)", check=lambda v: v >= 1,
+                        rule="must be an integer >= 1"),
+        "solver": Option(str, "stochastic", "inference: Eq. 3 on the grid (stochastic), or the "
+                         "probability-flow ODE (euler, heun)", choices=CT_SOLVERS),
+    }
 
     def __init__(self, image_shape, embedding: ClassEmbedding, eta: float = 1.0, steps: int = 1000,
                  solver: str = "stochastic", schedule: LearnedSchedule | None = None, dropout: float = 0.2):

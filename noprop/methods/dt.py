@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embedding import ClassEmbedding
-from ..errors import ConfigError
 from ..method import ChainStep, Loss, Method, register_method
 from ..nets import DTBlock
+from ..options import Option
 from ..schedule import CosineSchedule, DiscreteSchedule, kl_to_standard_normal, q_sample, validate_alpha_bar
 
 HEADS = ("linear", "posterior")
@@ -39,7 +39,20 @@ class NoPropDT(Method):
     name = "dt"
     display_name = "NoProp-DT"
     listing_order = 1
-    defaults = {"eta": 0.1, "optimizer": "adamw", "head_init": "bayes"}
+    defaults = {"optimizer": "adamw"}
+    options = {
+        "T": Option(int, 10, "number of blocks, the steps of the chain (Eq. 3)", check=lambda v: v >= 1,
+                    rule="must be an integer >= 1"),
+        "eta": Option(float, 0.1, "weight of the blocks' L2 terms (Eq. 61; the paper's 0.1)",
+                      check=lambda v: v > 0, rule="must be > 0"),
+        "head": Option(str, "linear", "output head: linear (Eq. 14) or posterior (Eq. 15-16)", choices=HEADS),
+        "posterior_sigma": Option(float, 1.0, "sigma of the posterior head (not given in the paper)",
+                                  check=lambda v: v > 0, rule="must be > 0"),
+        "head_init": Option(str, "bayes", "the head's start: the Bayes classifier of q(z_T|y), or random",
+                            choices=HEAD_INITS),
+        "schedule_eps": Option(float, 0.01, "the cosine schedule squeezed into [eps, 1 - eps] (schedule.py)",
+                               check=lambda v: 0 < v < 0.5, rule="must be in (0, 0.5)"),
+    }
     per_block_metrics = ("l2",)
 
     def __init__(self, image_shape: tuple[int, int, int], embedding: ClassEmbedding, T: int = 10,
@@ -76,14 +89,6 @@ class NoPropDT(Method):
         return cls(image_shape, embedding, T=cfg.T, eta=cfg.eta, head=cfg.head,
                    posterior_sigma=cfg.posterior_sigma, schedule=CosineSchedule(cfg.T, cfg.schedule_eps),
                    head_init=cfg.head_init)
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        if cfg.head not in HEADS:
-            raise ConfigError(f"--head: unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
-        if cfg.head_init not in HEAD_INITS:
-            raise ConfigError(f"--head-init: {cfg.head_init!r} does not apply to NoProp-DT; choose one of "
-                              f"{', '.join(HEAD_INITS)}")
 
     @torch.no_grad()
     def init_head_bayes(self) -> None:

@@ -25,6 +25,7 @@ from .. import noise as training_noise
 from ..embedding import ClassEmbedding
 from ..method import ChainStep, Loss, register_method
 from ..ode import SOLVERS, integrate
+from ..options import Option
 from .time_conditioned import TimeConditioned
 
 
@@ -33,8 +34,14 @@ class NoPropFM(TimeConditioned):
     name = "fm"
     display_name = "NoProp-FM"
     listing_order = 3
-    solvers = SOLVERS
     defaults = {"optimizer": "adam"}
+    options = {
+        "steps": Option(int, 1000, "inference steps of the flow (the paper: 1000)", check=lambda v: v >= 1,
+                        rule="must be an integer >= 1"),
+        "solver": Option(str, "euler", "the flow's ODE solver", choices=SOLVERS),
+        "fm_sigma": Option(float, 0.0, "sigma of the path's noise (Eq. 10; not given in the paper)",
+                           check=lambda v: v >= 0, rule="must be >= 0"),
+    }
 
     def __init__(self, image_shape, embedding: ClassEmbedding, steps: int = 1000, solver: str = "euler",
                  sigma: float = 0.0, dropout: float = 0.2):

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import device, models
 from ..checkpoint import atomic_write_text
-from ..config import Config
+from ..config import Config, taken_by
 from ..data import load_data
 from ..evaluation import final_evaluation, format_mean_se
 from ..machine import class_name, cpu_class, describe, machine_line, provenance
@@ -106,8 +106,8 @@ def _setup(method: str, dataset: str, precision: str, channels_last: bool, batch
     """One training step of `method` on a synthetic batch; returns (step, blocks per step, model)."""
     dev = dev or torch.device("cpu")
     shape, m = SHAPES[dataset]
-    cfg = Config(method=method, dataset="mnist", precision=precision, channels_last=channels_last,
-                 batch_size=batch, steps=10).validate()
+    cfg = Config(**taken_by(method, dict(method=method, dataset="mnist", precision=precision,
+                                         channels_last=channels_last, batch_size=batch, steps=10))).validate()
     torch.manual_seed(0)
     model = models.build(cfg, shape, m).to(dev)
     model.train()
@@ -226,7 +226,8 @@ def workers_throughput(world: int, method: str = "dt", n_train: int = 8192, epoc
     end-of-epoch gathering of blocks on rank 0 (block groups). `batch`: workers_batch_size."""
     batch_size = workers_batch_size(method, world, batch)
     hist, result, run_cfg = _train_run(
-        ["--method", method, "--train-subset", str(n_train), "--precision", precision, "--steps", str(steps),
+        ["--method", method, "--train-subset", str(n_train), "--precision", precision,
+         *(["--steps", str(steps)] if taken_by(method, {"steps": steps}) else []),
          "--val-subset", "64", "--test-subset", "100", "--epochs", str(epochs), "--eval-runs", "1",
          "--workers", str(world), "--batchnorm-stats", batchnorm_stats, "--batch-size", str(batch_size), *extra],
         f"{method} with {world} workers", timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})

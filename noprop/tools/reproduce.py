@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text
-from ..config import Config
+from ..config import Config, taken_by
 from ..data import DataError, load_data, subset
 from ..diagnose import chain_analysis
 from ..models import load
@@ -50,7 +50,8 @@ def dt_trajectory(model, split, n: int = 500, seed: int = 0) -> dict:
 def run_grid(datasets, methods, embeddings, seeds, out, budget_hours: float, overrides: dict,
              eval_runs: int = 5, data_dir=None, allow_download: bool = False, log=print,
              cell_minutes: float | None = None) -> list[dict]:
-    """cell_minutes: a cell stops training after the first epoch that brings its total training time
+    """overrides: Config fields, and method options (e.g. steps), each given to the methods that take
+    it. cell_minutes: a cell stops training after the first epoch that brings its total training time
     (resumed epochs included) past this; the preset's epochs stay the upper limit."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def run_grid(datasets, methods, embeddings, seeds, out, budget_hours: float, ove
                         cell["status"] = f"skipped: the time budget ({budget_hours} h) was spent"
                         continue
                     cfg = Config(**{**get_preset(f"{dataset}-{method}"), "embedding": embedding, "seed": seed,
-                                    "test_curve": True, **overrides}).validate()
+                                    "test_curve": True, **taken_by(method, overrides)}).validate()
                     try:
                         key = (dataset, cfg.seed, cfg.val_size, cfg.train_subset, cfg.val_subset)
                         if key not in data_cache:
