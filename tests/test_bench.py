@@ -26,6 +26,17 @@ def test_flop_counter_matches_the_hand_count_of_the_mnist_block():
     assert train == 3 * 4 * (convs + linears) - no_input_grad
 
 
+def test_the_peak_probe_and_a_workload_count_a_product_the_same_way(monkeypatch):
+    """The arithmetic behind a share of peak, without a clock: both count 2mnk FLOPs per (m x k)(k x n)
+    product and divide by the time that timed() reports."""
+    monkeypatch.setattr(bench, "timed", lambda fn, *args, **kw: 0.5)
+    assert bench.matmul_peak("fp32", n=64) == 2 * 64 ** 3 / 0.5 / 1e9
+    a, b = torch.randn(64, 48), torch.randn(48, 32)
+    assert bench.count_flops(lambda: torch.mm(a, b)) == 2 * 64 * 48 * 32
+    assert bench.workload_gflops(lambda: torch.mm(a, b)) == 2 * 64 * 48 * 32 / 0.5 / 1e9
+
+
+@pytest.mark.slow  # a timing: it depends on the machine's load, so it stays out of `make test`
 def test_a_pure_matmul_workload_lands_near_the_peak_probe():
     """Measured as the throughput rows are (FLOPs counted, best timed block), n x n products must run
     at 80-105% of the probe: the probe is neither too low (the share of peak would exceed 100%, as an
@@ -46,10 +57,14 @@ def test_a_pure_matmul_workload_lands_near_the_peak_probe():
     assert 0.8 * probe <= work <= 1.05 * probe, seen
 
 
-def test_throughput_rows_and_tables(tmp_path):
+def test_throughput_rows_and_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "timed", lambda fn, *args, **kw: 0.25)  # a step of 0.25 s
     row = bench.throughput("dt", batch=8, min_run_time=0.2)
-    assert row["block_samples_per_s"] > 0
+    # NoProp-DT trains one block a step: 8 block-samples in 0.25 s; the backprop baseline all 10 of them
+    assert row["seconds_per_step"] == 0.25 and row["block_samples_per_s"] == 32.0
     assert row["train_flops_per_block_sample"] == pytest.approx(3 * 18_439_936, rel=0.01)
+    assert row["gflops"] == pytest.approx(32.0 * row["train_flops_per_block_sample"] / 1e9)
+    assert bench.throughput("backprop", batch=2)["block_samples_per_s"] == 2 * 10 / 0.25
     mem = bench.memory("dt", steps=2)
     assert mem["process_peak_mb"] >= mem["train_peak_mb"] >= 0
     results = {"machine": machine.describe(), "peak": {"fp32": {"measured_gflops": 100.0, "nominal_gflops": None}},

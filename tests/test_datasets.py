@@ -228,12 +228,21 @@ def test_npz_missing_key(tmp_path):
         D.load_dataset(save_npz(tmp_path / "bad.npz", **a), val_size=5)
 
 
-def test_augment_keeps_shape_and_content_range():
+def test_augment_is_a_random_crop_of_the_padded_image_flipped_half_the_time():
+    """Every output image is exactly one of the 9 x 9 crops of its own image zero-padded by 4, or that
+    crop mirrored left-right; over 300 images every offset occurs and about half are mirrored."""
     torch.manual_seed(0)
-    x = torch.rand(16, 3, 32, 32)
-    y = D.augment(x)
-    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    assert not torch.equal(x, y)
+    n, pad = 300, 4
+    x = torch.rand(n, 2, 6, 6) + 0.1  # no zero pixel: a crop's border shows where the padding is
+    out = D.augment(x, pad)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    crops = padded.unfold(2, 6, 1).unfold(3, 6, 1)  # [n, c, dy, dx, 6, 6]
+    crops = torch.stack([crops, crops.flip(-1)], 2).permute(0, 2, 3, 4, 1, 5, 6)  # [n, flip, dy, dx, c, 6, 6]
+    match = (crops == out[:, None, None, None]).flatten(-3).all(-1)  # [n, flip, dy, dx]
+    assert match.flatten(1).sum(1).eq(1).all()  # one crop each, of its own image
+    flip, dy, dx = torch.unravel_index(match.flatten(1).int().argmax(1), match.shape[1:])
+    assert set(dy.tolist()) == set(dx.tolist()) == set(range(2 * pad + 1))
+    assert 0.4 < flip.float().mean().item() < 0.6  # binomial s.e. at n = 300: 0.03
 
 
 def test_idx_image_label_count_mismatch_is_named(tmp_path, monkeypatch):

@@ -11,10 +11,29 @@ from noprop import device
 from noprop.config import Config, ConfigError
 
 
-def test_auto_resolves_to_what_torch_sees():
-    expect = "cuda" if torch.cuda.is_available() else "cpu"
-    assert device.resolve("auto").type == expect
-    assert device.resolve("cpu") == torch.device("cpu")
+@pytest.mark.parametrize("gpus,local_rank,name,expect", [
+    (0, None, "auto", "cpu"), (0, None, "cpu", "cpu"), (2, None, "cpu", "cpu"),
+    (2, None, "auto", "cuda:0"), (2, 1, "auto", "cuda:1"), (2, 3, "cuda", "cuda:1"),  # rank 3 of 2 GPUs: 3 % 2
+    (2, None, "cuda:1", "cuda:1")])
+def test_the_device_chosen_for_each_name_and_gpu_count(monkeypatch, gpus, local_rank, name, expect):
+    """What --device resolves to on a machine with 0 or 2 GPUs (torch's answers replaced: this machine
+    may have none): auto takes a GPU where there is one, a rank takes GPU LOCAL_RANK mod the count."""
+    pretend_gpus(monkeypatch, gpus)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert device.resolve(name, local_rank) == torch.device(expect)
+
+
+def pretend_gpus(monkeypatch, n: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def test_a_rank_reads_torchruns_local_rank_and_a_missing_gpu_is_named(monkeypatch):
+    pretend_gpus(monkeypatch, 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's variable, read where no rank is given
+    assert device.resolve("cuda") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="--device cuda:2: only 2 CUDA GPU"):
+        device.resolve("cuda:2")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from noprop.config import Config, taken_by
-from noprop.data import Split, load_mnist, subset
+from noprop.data import load_mnist, subset
 from noprop.diagnose import chain_analysis
-from noprop.evaluation import accuracy_runs, predict
+from noprop.evaluation import accuracy_runs
 from noprop.runfolder import LAST
 from noprop.trainer import Trainer
 
@@ -53,13 +52,6 @@ def test_every_block_and_the_chain_work(trained):
     assert d["zeros"][-1] < d["q_sample"][-1] - 10, d
     # images shuffled against the labels: chance, within the noise of 500 images
     assert abs(d["shuffled"] - d["chance"]) < 5.0, d["shuffled"]
-
-
-def test_trained_predictions_ignore_labels(trained):
-    tr, data, _ = trained
-    s = subset(data.test, 300)
-    shuffled = Split(s.x, s.y[torch.randperm(len(s))])
-    assert torch.equal(predict(tr.model, s, seed=1), predict(tr.model, shuffled, seed=1))
 
 
 def run_cli(*args, **kw):
@@ -124,16 +116,19 @@ def test_cli_corrupt_data_is_named(tmp_path, mnist_copy):
     assert not (tmp_path / "o").exists()
 
 
-# Floors a few points under what each run measured in fp32 (CT's short run is the least stable: 68.3
-# with torch held to AVX2 code, 81.6 on AVX-512; adjoint 54.1 / 54.3; FM 96.5; backprop 95.2, and 44-56
-# with a random head init). Chance is 10%.
-@pytest.mark.parametrize("method,n,batch,epochs,steps,floor", [
-    ("ct", 4000, 32, 6, 20, 64.0),
-    ("fm", 4000, 32, 4, 20, 92.0),
-    ("backprop", 2000, 32, 3, 10, 90.0),
-    ("adjoint", 1000, 32, 2, 10, 50.0),
+# Floors a few points under what each run measured in fp32; the runs are epochs-based (no time budget),
+# so a slower CPU trains the same steps. CT and adjoint measured at bd3b6b2 on an AVX-512 BF16 CPU
+# (no AMX) and held to AVX2 code (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+# MKL_ENABLE_INSTRUCTIONS=AVX2): CT 69.8 / 71.9 with the cosine learning rate (with a constant one its
+# short run swung from 82 to 65 in the last epoch, and ended at 62.8 under its old floor of 64);
+# adjoint 54.1 / 53.8. Earlier: FM 96.5; backprop 95.2, and 44-56 with a random head init. Chance is 10%.
+@pytest.mark.parametrize("method,n,batch,epochs,steps,floor,lr_schedule", [
+    ("ct", 4000, 32, 6, 20, 66.0, "cosine"),
+    ("fm", 4000, 32, 4, 20, 92.0, "constant"),
+    ("backprop", 2000, 32, 3, 10, 90.0, "constant"),
+    ("adjoint", 1000, 32, 2, 10, 51.0, "constant"),
 ])
-def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, steps, floor):
+def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, steps, floor, lr_schedule):
     """A short real training per method (chance is 10%); fewer inference steps than the paper's
     1000 keep it short."""
     full = load_mnist(val_size=5000, split_seed=0)
@@ -141,7 +136,7 @@ def test_each_method_learns_on_real_mnist(tmp_path, method, n, batch, epochs, st
     data.train, data.val, data.test = subset(full.train, n), subset(full.val, 300), subset(full.test, 1000)
     # fp32 on every CPU class, so the floors mean the same everywhere (auto would take bf16 where native)
     cfg = Config(**taken_by(method, dict(method=method, epochs=epochs, batch_size=batch, steps=steps, train_subset=n,
-                                         val_subset=300, precision="fp32")))
+                                         val_subset=300, precision="fp32", lr_schedule=lr_schedule)))
     tr = Trainer(cfg, data, tmp_path / "r", quiet=True)
     tr.fit(log=None)
     acc = accuracy_runs(tr.model, data.test, runs=1)[0]

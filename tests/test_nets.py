@@ -22,17 +22,38 @@ def test_dt_block_parameter_counts(shape, dim, m, proto, expect, paper):
     assert round(n, -4) == paper
 
 
-def test_dt_block_shapes_and_flatten():
+def test_dt_block_fuses_its_image_path_and_label_path():
+    """The block's logits are fuse([image_path(x), label_path(z)]), each image on its own (eval mode:
+    one image alone gives its row of the batch); the image path flattens the last conv's
+    128 x 4 x 4 maps (MNIST; 128 x 5 x 5 on CIFAR) in (channel, row, column) order."""
+    torch.manual_seed(0)
     blk = DTBlock((1, 28, 28), 10, 10).eval()
-    assert blk.image_path.flat_features == 128 * 4 * 4
-    out = blk(torch.randn(3, 10), torch.randn(3, 1, 28, 28))
-    assert out.shape == (3, 10)
-    assert DTBlock((3, 32, 32), 10, 10).image_path.flat_features == 128 * 5 * 5
+    z, x = torch.randn(3, 10), torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        out = blk(z, x)
+        feats = blk.image_path(x)
+        torch.testing.assert_close(out, blk.fuse(torch.cat([feats, blk.label_path(z)], 1)))
+        torch.testing.assert_close(blk(z, x, features=feats), out)
+        torch.testing.assert_close(blk(z[1:2], x[1:2]), out[1:2])
+        maps = blk.image_path.features[:-1](x)
+        assert maps.shape == (3, 128, 4, 4) and torch.equal(blk.image_path.features(x), maps.reshape(3, -1))
+        # both inputs matter: another z, or another image, changes the logits
+        assert (blk(torch.randn(3, 10), x) - out).abs().min() > 0
+        assert (blk(z, torch.randn(3, 1, 28, 28)) - out).abs().min() > 0
+    assert DTBlock((3, 32, 32), 10, 10).image_path.fc.in_features == 128 * 5 * 5
 
 
 def test_prototype_block_reads_label_as_image():
+    """With a prototype embedding the noisy label is an image: z reshaped to 1 x 28 x 28 (row-major)
+    goes through a conv path of its own."""
+    torch.manual_seed(0)
     blk = DTBlock((1, 28, 28), 784, 10, prototype=True).eval()
-    assert blk(torch.randn(2, 784), torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    z, x = torch.randn(2, 784), torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        expect = blk.fuse(torch.cat([blk.image_path(x), blk.label_path(z.reshape(2, 1, 28, 28))], 1))
+        torch.testing.assert_close(blk(z, x), expect)
+        transposed = z.reshape(2, 28, 28).transpose(1, 2).reshape(2, 784)  # the same pixels, another order
+        assert not torch.allclose(blk(transposed, x), expect)
     with pytest.raises(ValueError, match="C\\*H\\*W"):
         DTBlock((1, 28, 28), 20, 10, prototype=True)
 

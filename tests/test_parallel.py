@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from noprop import checkpoint
-from noprop.parallel import owned_blocks
 
 pytestmark = pytest.mark.slow  # real data, real processes: left out by `make test`, run by `make test-slow` and CI
 
@@ -25,14 +24,6 @@ def noprop(*args, timeout=300, env=None, **kw):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     return subprocess.run([sys.executable, "-m", "noprop", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
-
-
-@pytest.mark.parametrize("T,world", [(10, 1), (10, 2), (10, 3), (10, 4), (4, 4), (7, 3)])
-def test_owned_blocks_partition(T, world):
-    parts = [owned_blocks(T, world, r) for r in range(world)]
-    assert sum(parts, []) == list(range(1, T + 1))
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    assert all(p == list(range(p[0], p[-1] + 1)) for p in parts)
 
 
 def blocks_of(path: Path) -> dict:
@@ -71,15 +62,6 @@ def test_learned_embedding_stays_in_sync_in_all_order(tmp_path):
                "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
-
-
-@pytest.mark.parametrize("blocks,world,groups", [
-    (10, 1, 1), (10, 2, 2), (10, 4, 2), (10, 5, 5), (10, 3, 1), (10, 8, 2), (4, 4, 4), (1, 4, 1), (1, 2, 1)])
-def test_block_groups_chosen_for_balance_then_fewest_shards(blocks, world, groups):
-    """NoProp-DT's 10 blocks on 4 workers: 2 groups x 2 shards (4 groups would leave two of them
-    idle a third of the time); a one-network method (1 block): all data shards."""
-    from noprop.parallel import choose_groups
-    assert choose_groups(blocks, world) == groups
 
 
 @pytest.mark.parametrize("args,needle", [
