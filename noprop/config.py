@@ -77,7 +77,7 @@ class Config:
     eval_batch_size: int = 1000
     test_curve: bool = False        # also record test accuracy each epoch, for plots (never for selection)
     minutes: float | None = None    # training time budget (then save and evaluate as usual); paper
-                                    # order divides it among the epoch's block passes (trainer.py)
+                                    # order divides it among the epoch's block passes (passes.py)
     deterministic: bool = False     # deterministic kernels, and data-parallel noise drawn for the whole
                                     # global batch, so results do not depend on the worker count
     block_groups: int | None = None  # parallel runs: G block groups x (workers / G) data shards;
