@@ -108,7 +108,7 @@ def test_checkpoint_weights_load_with_plain_safetensors_and_carry_their_provenan
     with safe_open(str(out / "last.safetensors"), framework="pt") as f:
         meta = f.metadata()
     cfg = json.loads(meta["config"])
-    assert cfg["T"] == 2 and meta["noprop_version"] == noprop.__version__
+    assert cfg["method_options"]["T"] == 2 and meta["noprop_version"] == noprop.__version__
     assert meta["git_commit"] and json.loads(meta["epoch"]) == 1
     result = json.loads((out / "result.json").read_text())
     assert result["noprop_version"] == noprop.__version__ and result["git_commit"] == meta["git_commit"]

@@ -153,7 +153,7 @@ def test_cli_presets_override_and_table(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())
     # from the preset: method fm, Adam; from the command line: epochs 1, 5 steps
-    assert (cfg["method"], cfg["optimizer"], cfg["epochs"], cfg["steps"]) == ("fm", "adam", 1, 5)
+    assert (cfg["method"], cfg["optimizer"], cfg["epochs"], cfg["method_options"]["steps"]) == ("fm", "adam", 1, 5)
     r = run_cli("table", str(out), str(tmp_path / "missing"))
     assert r.returncode == 0, r.stderr
     assert "NoProp-FM (one-hot)" in r.stdout and "99.21 ± 0.09" in r.stdout
